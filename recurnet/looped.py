@@ -1,0 +1,516 @@
+"""``LoopedNet``: a backbone whose last stages run in a loop, and ``loopify`` that builds one.
+
+The data's way through the network::
+
+    F   = extractor(image)                         once per image
+    x_0 = F
+    h_l = refiner(x_l)        with the norms of iteration l, shared weights
+    y_l = heads(pool(h_l));   alpha_l, f_l = uncertainty(pool(h_l))
+    exit decided per sample by the policy (inference)
+    x_{l+1} = combine(F, feedback(h_l))            e.g. F * sigmoid(decoder(h_l))
+
+Three ways to run it (``exit=``):
+
+- ``"all"``: every sample runs every iteration (training default).
+- ``"compact"``: samples leave the batch when their policy says so, the rest
+  continue on a smaller batch; results are scattered back in input order
+  (inference default). Compute for exited samples is really skipped.
+- ``"simulate"``: run everything, then apply the policy afterwards; gives the
+  same exits and predictions as ``"compact"`` and serves threshold sweeps.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+
+import timm
+import torch
+from torch import nn
+
+from .cost import ComponentCost, CostModel, count_macs, count_params
+from .feedback import FEEDBACK, Feedback
+from .heads import HeadSpec, UncertaintyHead, build_heads, run_heads
+from .norms import EntryNorm, IterationIndex, PerIterationNorm, convert_norms
+from .output import LoopOutput
+from .policies import POLICIES, ExitPolicy, LoopState, check_decision
+from .split import SplitBackbone, TokenAdapter, split_backbone
+
+__all__ = ["LoopedNet", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES"]
+
+#: How per-iteration norms are made: every norm of the refiner, its first norm only,
+#: an added norm at the refiner entry (the paper's IR9), or none (all norms shared).
+NORM_MODES = ("all", "first", "entry", "shared")
+#: Forward modes, see the module docstring.
+EXIT_MODES = ("all", "compact", "simulate")
+
+
+class LoopedNet(nn.Module):
+    """A split backbone with a looped refiner, feedback, heads, uncertainty and an exit policy.
+
+    Build it with :func:`loopify`. Attributes are plain submodules:
+    ``extractor``, ``refiner``, ``adapter``, ``feedback``, ``heads``,
+    ``uncertainty`` (or None) and ``policy`` (a module, a callable, or None
+    for "always run to the last iteration"; assign a new one at any time).
+
+    Args:
+        parts: the cut backbone.
+        max_loops: ``L``; iterations ``0..L`` exist.
+        feedback: a :class:`recurnet.feedback.Feedback` module.
+        heads: named heads on the pooled refiner output.
+        uncertainty: an :class:`recurnet.heads.UncertaintyHead` or None.
+        policy: the exit policy.
+        norms: one of :data:`NORM_MODES`.
+    """
+
+    def __init__(
+        self,
+        parts: SplitBackbone,
+        max_loops: int,
+        feedback: Feedback,
+        heads: nn.ModuleDict,
+        uncertainty: UncertaintyHead | None = None,
+        policy: ExitPolicy | None = None,
+        norms: str = "all",
+    ):
+        super().__init__()
+        if norms not in NORM_MODES:
+            raise ValueError(f"norms must be one of {NORM_MODES}, got {norms!r}")
+        if int(max_loops) != max_loops or max_loops < 0:
+            raise ValueError(f"max_loops must be a non-negative integer, got {max_loops}")
+        self._index = IterationIndex()
+        self.max_loops = int(max_loops)
+        self.norm_mode = norms
+        self.stage = parts.stage
+        self.scale = parts.scale
+        refiner = parts.refiner
+        if norms == "entry":
+            tokens = isinstance(parts.adapter, TokenAdapter)
+            entry = PerIterationNorm(EntryNorm(parts.stage.channels, tokens), self.max_loops + 1, self._index)
+            refiner = nn.Sequential(entry, refiner)
+        elif norms in ("all", "first"):
+            converted = convert_norms(refiner, self.max_loops + 1, self._index, only_first=norms == "first")
+            if not converted:
+                raise ValueError("the refiner has no norm layers to make per-iteration; use norms='entry' or 'shared'")
+        self.extractor = parts.extractor
+        self.refiner = refiner
+        self.adapter = parts.adapter
+        self.feedback = feedback
+        self.heads = heads
+        self.uncertainty = uncertainty
+        self.policy = policy
+        self._cost_cache: dict[tuple, CostModel] = {}
+
+    # ------------------------------------------------------------------ policy handling
+    @property
+    def policy(self) -> ExitPolicy | None:
+        """The exit policy used by ``exit="compact"`` and ``"simulate"``."""
+        return self._modules.get("policy", self.__dict__.get("_plain_policy"))
+
+    @policy.setter
+    def policy(self, value: ExitPolicy | str | None) -> None:
+        if isinstance(value, str):
+            raise TypeError(f"assign a policy object, e.g. recurnet.build_policy({value!r}, ...)")
+        if value is not None and not callable(value):
+            raise TypeError(f"policy must be callable as policy(state), got {type(value).__name__}")
+        self._modules.pop("policy", None)
+        self.__dict__.pop("_plain_policy", None)
+        if isinstance(value, nn.Module):
+            self._modules["policy"] = value
+        else:
+            self.__dict__["_plain_policy"] = value
+        self.__dict__.get("_cost_cache", {}).clear()
+
+    def __setattr__(self, name, value):
+        if name == "policy":  # route through the property, not nn.Module's submodule registration
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def per_iteration_norms(self) -> list[PerIterationNorm]:
+        """The per-iteration norm containers of the refiner."""
+        return [m for m in self.refiner.modules() if isinstance(m, PerIterationNorm)]
+
+    def grow(self) -> None:
+        """Add one iteration (``max_loops += 1``); its norms start as copies of the last iteration's."""
+        for norm in self.per_iteration_norms:
+            norm.grow()
+        self.max_loops += 1
+        self._cost_cache.clear()
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"input must be a (B, C, H, W) image tensor, got {shape}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"input has {x.shape[1]} channels, the backbone expects {self.in_chans}")
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"input of {tuple(x.shape[-2:])} px is too small: the backbone downsamples by "
+                f"{self.min_input_size}, so each side needs at least {self.min_input_size} px"
+            )
+
+    # ------------------------------------------------------------------ forward
+    def _iteration(self, x_in: torch.Tensor, iteration: int):
+        self._index.value = iteration
+        h = self.refiner(x_in)
+        pooled = self.adapter.pool(h)
+        predictions = run_heads(self.heads, pooled)
+        unc = self.uncertainty(pooled) if self.uncertainty is not None else None
+        return h, predictions, unc
+
+    def _next_input(self, feats: torch.Tensor, h: torch.Tensor):
+        f_map = self.adapter.to_map(feats)
+        signal = self.feedback(self.adapter.to_map(h), tuple(f_map.shape[-2:]))
+        return self.adapter.from_map(feats, self.feedback.combine(f_map, signal)), signal
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        exit: str | None = None,
+        loops: int | None = None,
+        generator: torch.Generator | None = None,
+        return_feedback: bool = False,
+        count_cost: bool = True,
+    ) -> LoopOutput:
+        """Run the looped network.
+
+        Args:
+            x: ``(B, C, H, W)`` images.
+            exit: ``"all"``, ``"compact"`` or ``"simulate"``; default ``"all"`` in training
+                mode and ``"compact"`` in eval mode.
+            loops: run iterations ``0..loops`` only (``<= max_loops``); default ``max_loops``.
+            generator: random generator handed to stochastic policies.
+            return_feedback: keep each iteration's feedback signal (attention maps) in the output.
+            count_cost: attach per-sample multiply-adds (``out.macs``).
+
+        Returns:
+            :class:`recurnet.LoopOutput`.
+        """
+        mode = exit or ("all" if self.training else "compact")
+        if mode not in EXIT_MODES:
+            raise ValueError(f"exit must be one of {EXIT_MODES}, got {mode!r}")
+        last = self.max_loops if loops is None else int(loops)
+        if not 0 <= last <= self.max_loops:
+            raise ValueError(f"loops must be in 0..{self.max_loops}, got {loops}")
+        self._check_input(x)
+        cost = self.cost_model(tuple(x.shape[1:]), loops=last) if count_cost or self._needs_cost() else None
+        try:
+            feats = self.extractor(x)
+            if mode == "compact" and self.policy is not None and last > 0:
+                out = self._run_compact(feats, last, cost, generator, return_feedback)
+            else:
+                out = self._run_all(feats, last, return_feedback)
+                if mode != "all" and self.policy is not None:
+                    exit_step = simulate_exits(out, self.policy, cost=cost, generator=generator)
+                    out = _apply_exits(out, exit_step)
+        finally:
+            self._index.value = None
+        if count_cost:
+            out.macs = cost.macs_per_sample(out.exit_step)
+        return out
+
+    def _needs_cost(self) -> bool:
+        return getattr(self.policy, "needs_cost", False) or type(self.policy).__name__ == "ComputeBudget"
+
+    def _run_all(self, feats: torch.Tensor, last: int, return_feedback: bool) -> LoopOutput:
+        iterations, log_vars, features, signals = [], [], [], [None]
+        x_in = feats
+        for l in range(last + 1):
+            h, predictions, unc = self._iteration(x_in, l)
+            iterations.append(predictions)
+            log_vars.append(unc.log_variance if unc is not None else {})
+            features.append(unc.features if unc is not None else None)
+            if l < last:
+                x_in, signal = self._next_input(feats, h)
+                signals.append(signal if return_feedback else None)
+        b = feats.shape[0]
+        exit_step = torch.full((b,), last, dtype=torch.long, device=feats.device)
+        ran = torch.ones(last + 1, b, dtype=torch.bool, device=feats.device)
+        return LoopOutput(iterations, log_vars, features, exit_step, ran, feedback=signals if return_feedback else [])
+
+    def _run_compact(self, feats, last, cost, generator, return_feedback) -> LoopOutput:
+        b = feats.shape[0]
+        device = feats.device
+        active = torch.arange(b, device=device)
+        exit_step = torch.full((b,), last, dtype=torch.long, device=device)
+        ran = torch.zeros(last + 1, b, dtype=torch.bool, device=device)
+        iterations, log_vars, features, signals = [], [], [], [None]
+        x_in, f_act = feats, feats
+        for l in range(last + 1):
+            h, predictions, unc = self._iteration(x_in, l)
+            ran[l, active] = True
+            iterations.append(_scatter(iterations[-1] if iterations else None, predictions, active, b))
+            lv = unc.log_variance if unc is not None else {}
+            log_vars.append(_scatter(log_vars[-1] if log_vars else None, lv, active, b))
+            feat = unc.features if unc is not None else None
+            features.append(None if feat is None else _scatter_one(features[-1] if features else None, feat, active, b))
+            if l == last:
+                break
+            state = LoopState(l, last, predictions, lv, feat, active, b, cost, generator)
+            leave = check_decision(self.policy(state), state, self.policy)
+            if leave.any():
+                exit_step[active[leave]] = l
+                stay = ~leave
+                active, h, f_act = active[stay], h[stay], f_act[stay]
+            if active.numel() == 0:
+                break
+            x_in, signal = self._next_input(f_act, h)
+            if return_feedback:
+                full = signal.new_zeros((b, *signal.shape[1:]))
+                signals.append(full.index_copy(0, active, signal))
+        while len(iterations) < last + 1:  # everyone left early: later iterations repeat the exits
+            iterations.append(iterations[-1])
+            log_vars.append(log_vars[-1])
+            features.append(features[-1])
+        return LoopOutput(iterations, log_vars, features, exit_step, ran, feedback=signals if return_feedback else [])
+
+    # ------------------------------------------------------------------ cost
+    @property
+    def in_chans(self) -> int:
+        """Image channels the backbone expects."""
+        return self._in_chans
+
+    def cost_model(self, input_shape: Sequence[int], loops: int | None = None) -> CostModel:
+        """Count parameters and multiply-adds per component for ``(C, H, W)`` inputs.
+
+        Counting runs a copy of the network on the ``meta`` device (no data, no
+        statistics touched); results are cached per input shape, loop count and policy.
+        """
+        last = self.max_loops if loops is None else loops
+        key = (tuple(input_shape), last, id(self.policy))
+        if key not in self._cost_cache:
+            self._cost_cache[key] = self._count(tuple(input_shape), last)
+        return self._cost_cache[key]
+
+    @torch.compiler.disable
+    def _count(self, input_shape: tuple[int, ...], last: int) -> CostModel:
+        meta = copy.deepcopy(self).to("meta").eval()
+        meta.__dict__["_cost_cache"] = {}
+        x = torch.empty(1, *input_shape, device="meta")
+        with torch.no_grad():
+            ext_macs, feats = count_macs(meta.extractor, x)
+            meta._index.value = 0
+            ref_macs, h = count_macs(lambda t: meta.adapter.pool(meta.refiner(t)), feats)
+            head_macs, preds = count_macs(run_heads, meta.heads, h)
+            unc_macs, unc = (0, None) if meta.uncertainty is None else count_macs(meta.uncertainty, h)
+            fb_macs, _ = count_macs(meta._next_input, feats, meta.refiner(feats))
+            meta._index.value = None
+        policy_macs = self._count_policy(preds, unc)
+        norms = [n for n in self.per_iteration_norms]
+        refiner_params = count_params(self.refiner)
+        del norms
+        return CostModel(
+            input_shape=input_shape,
+            max_loops=last,
+            extractor=ComponentCost(count_params(self.extractor), ext_macs),
+            refiner=ComponentCost(refiner_params + count_params(self.adapter), ref_macs),
+            feedback=ComponentCost(count_params(self.feedback), fb_macs),
+            heads=ComponentCost(count_params(self.heads), head_macs),
+            uncertainty=ComponentCost(count_params(self.uncertainty), unc_macs),
+            policy=ComponentCost(count_params(self.policy) if isinstance(self.policy, nn.Module) else 0, policy_macs),
+        )
+
+    def _count_policy(self, preds, unc) -> int:
+        """Multiply-adds of one decision for one sample; policies that cannot run on a dummy state count 0."""
+        if self.policy is None:
+            return 0
+        device = next(self.parameters()).device
+        state = LoopState(
+            0,
+            1,
+            {k: torch.zeros(v.shape, device=device) for k, v in preds.items()},
+            {} if unc is None else {k: torch.zeros(v.shape, device=device) for k, v in unc.log_variance.items()},
+            None if unc is None else torch.zeros(unc.features.shape, device=device),
+            torch.zeros(1, dtype=torch.long, device=device),
+            1,
+            None,
+            torch.Generator().manual_seed(0),
+        )
+        try:
+            with torch.no_grad():
+                macs, _ = count_macs(self.policy, state)
+        except (ValueError, TypeError, RuntimeError):
+            return 0
+        return macs
+
+
+def _scatter_one(previous: torch.Tensor | None, value: torch.Tensor, active: torch.Tensor, b: int) -> torch.Tensor:
+    if previous is None:  # iteration 0: the whole batch ran
+        return value
+    return previous.index_copy(0, active, value)
+
+
+def _scatter(previous, values: Mapping[str, torch.Tensor], active, b) -> dict[str, torch.Tensor]:
+    return {k: _scatter_one(None if previous is None else previous[k], v, active, b) for k, v in values.items()}
+
+
+def simulate_exits(
+    output: LoopOutput,
+    policy: ExitPolicy,
+    *,
+    cost: CostModel | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Exit steps a policy would choose, computed from an ``exit="all"`` output.
+
+    One full pass serves any number of thresholds or temperatures: run the
+    network once with ``exit="all"``, then call this for each policy setting.
+
+    Args:
+        output: a :class:`LoopOutput` in which every sample ran every iteration.
+        policy: the policy to apply.
+        cost: the cost model handed to cost-aware policies.
+        generator: random generator for stochastic policies.
+
+    Returns:
+        ``(B,)`` int64 exit steps.
+    """
+    if not bool(output.ran.all()):
+        raise ValueError("simulate_exits needs an output where every sample ran every iteration (exit='all')")
+    last = output.num_iterations - 1
+    b = output.exit_step.shape[0]
+    device = output.exit_step.device
+    index = torch.arange(b, device=device)
+    exit_step = torch.full((b,), last, dtype=torch.long, device=device)
+    running = torch.ones(b, dtype=torch.bool, device=device)
+    for l in range(last):
+        state = LoopState(
+            l, last, output.iterations[l], output.log_variance[l], output.features[l], index, b, cost, generator
+        )
+        leave = check_decision(policy(state), state, policy) & running
+        exit_step[leave] = l
+        running &= ~leave
+    return exit_step
+
+
+def _apply_exits(output: LoopOutput, exit_step: torch.Tensor) -> LoopOutput:
+    """Make an all-iterations output look like a compacted run that exited at ``exit_step``."""
+    last = output.num_iterations - 1
+    steps = torch.arange(last + 1, device=exit_step.device)[:, None]
+    ran = steps <= exit_step[None, :]
+
+    def carry(seq):
+        out = [seq[0]]
+        for l in range(1, last + 1):
+            if seq[l] is None:
+                out.append(None)
+                continue
+            keep = ran[l]
+            if isinstance(seq[l], dict):
+                out.append({k: _where_rows(keep, v, out[-1][k]) for k, v in seq[l].items()})
+            else:
+                out.append(_where_rows(keep, seq[l], out[-1]))
+        return out
+
+    feedback = [
+        None if f is None else _where_rows(ran[l], f, torch.zeros_like(f)) for l, f in enumerate(output.feedback)
+    ]
+    return LoopOutput(
+        carry(output.iterations),
+        carry(output.log_variance),
+        carry(output.features),
+        exit_step,
+        ran,
+        feedback=feedback,
+    )
+
+
+def _where_rows(keep: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    return torch.where(keep.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+def _output_shapes(heads: nn.ModuleDict, channels: int) -> dict[str, tuple[int, ...]]:
+    was = {name: h.training for name, h in heads.items()}
+    heads.eval()
+    try:
+        device = next((p.device for p in heads.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            probe = run_heads(heads, torch.zeros(2, channels, device=device))
+    finally:
+        for name, h in heads.items():
+            h.train(was[name])
+    return {k: tuple(v.shape[1:]) for k, v in probe.items()}
+
+
+def loopify(
+    backbone: str | nn.Module,
+    stage: int,
+    *,
+    max_loops: int = 3,
+    feedback: str | Feedback = "attention",
+    heads: Mapping[str, HeadSpec] | None = None,
+    uncertainty: bool | Sequence[str] | Mapping[str, tuple[int, ...]] = False,
+    uncertainty_hidden: int = 128,
+    norms: str = "all",
+    policy: ExitPolicy | None = None,
+    check_size: tuple[int, int] | None = None,
+    **model_kwargs,
+) -> LoopedNet:
+    """Turn a timm backbone into a looped network.
+
+    Args:
+        backbone: a timm model name (built with ``pretrained=False`` unless given in
+            ``model_kwargs``) or an already built timm model.
+        stage: cut after ``feature_info[stage]``; stages after it form the refiner.
+        max_loops: ``L``; the refiner runs at most ``L + 1`` times.
+        feedback: a name from :data:`recurnet.feedback.FEEDBACK` (``"attention"``,
+            ``"features"``, ``"none"``) or a built :class:`Feedback`.
+        heads: output name -> head module or factory ``f(channels) -> nn.Module``
+            applied to the pooled refiner output ``(B, C)``. Default: none (the pooled
+            features are returned as ``"features"``).
+        uncertainty: False; True for log-variances of every output with its own shape;
+            a list of output names; or a mapping name -> per-sample log-variance shape.
+        uncertainty_hidden: width of the uncertainty features ``f``.
+        norms: one of :data:`NORM_MODES`; ``"all"`` makes every refiner norm per-iteration.
+        policy: exit policy for inference (default None: run every iteration).
+        check_size: ``(H, W)`` of the split self-check input (default: the model's input size).
+        **model_kwargs: passed to ``timm.create_model`` when ``backbone`` is a name.
+
+    Returns:
+        The :class:`LoopedNet`.
+
+    Examples:
+        >>> net = loopify("test_resnet", stage=2, max_loops=2, check_size=(64, 64),
+        ...               heads={"logits": lambda c: nn.Linear(c, 10)}, uncertainty=True)
+        >>> out = net(torch.randn(2, 3, 64, 64))
+        >>> out.iterations[-1]["logits"].shape, out.log_variance[-1]["logits"].shape
+        (torch.Size([2, 10]), torch.Size([2, 10]))
+    """
+    if isinstance(backbone, str):
+        model_kwargs.setdefault("pretrained", False)
+        model = timm.create_model(backbone, **model_kwargs)
+    elif isinstance(backbone, nn.Module):
+        if model_kwargs:
+            raise TypeError(f"model keyword arguments {sorted(model_kwargs)} need a model name, not a built model")
+        model = backbone
+    else:
+        raise TypeError(f"backbone must be a timm model name or nn.Module, got {type(backbone).__name__}")
+    parts = split_backbone(model, stage, check_size=check_size)
+    if isinstance(feedback, str):
+        feedback = FEEDBACK.build(feedback, parts.refiner_channels, parts.stage.channels, parts.scale)
+    elif not isinstance(feedback, Feedback):
+        raise TypeError(f"feedback must be a registered name or a Feedback module, got {type(feedback).__name__}")
+    head_modules = build_heads(heads if heads else {"features": nn.Identity()}, parts.refiner_channels)
+    unc_head = None
+    if uncertainty is not False and uncertainty is not None:
+        shapes = _output_shapes(head_modules, parts.refiner_channels)
+        if uncertainty is True:
+            chosen = shapes
+        elif isinstance(uncertainty, Mapping):
+            chosen = dict(uncertainty)
+        else:
+            chosen = {name: shapes.get(name) for name in uncertainty}
+        unknown = [n for n, s in chosen.items() if n not in shapes]
+        if unknown:
+            raise ValueError(f"uncertainty asked for outputs {unknown}, but the heads produce {sorted(shapes)}")
+        unc_head = UncertaintyHead(parts.refiner_channels, chosen, hidden=uncertainty_hidden)
+    net = LoopedNet(parts, max_loops, feedback, head_modules, unc_head, policy, norms)
+    net._in_chans = int(getattr(model, "in_chans", 3) or 3)
+    info = model.feature_info
+    entries = list(info) if isinstance(info, list) else [info.info[i] for i in range(len(info.info))]
+    net.min_input_size = max(int(e["reduction"]) for e in entries)
+    return net

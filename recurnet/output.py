@@ -1,0 +1,68 @@
+"""The typed result of a looped forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["LoopOutput"]
+
+
+@dataclass
+class LoopOutput:
+    """Everything a :class:`recurnet.LoopedNet` forward pass produces.
+
+    Iteration lists are indexed by iteration ``l = 0..L``. Every tensor keeps the
+    full batch in input order. A sample that exited after iteration ``e`` did not
+    run iterations ``l > e``; its rows there repeat its values at ``e`` (so
+    ``iterations[-1]`` holds every sample's final prediction) and ``ran[l]`` is
+    False for it.
+
+    Attributes:
+        iterations: per iteration, output name -> ``(B, ...)`` predictions.
+        log_variance: per iteration, output name -> ``(B, ...)`` predicted ``log sigma^2``
+            (empty dicts without an uncertainty head).
+        features: per iteration, ``(B, hidden)`` uncertainty features (None without an uncertainty head).
+        exit_step: ``(B,)`` int64, the iteration after which each sample stopped.
+        ran: ``(L + 1, B)`` bool, whether each sample computed each iteration.
+        macs: ``(B,)`` float64 multiply-adds each sample cost (None if cost accounting was off).
+        feedback: per iteration, the feedback signal (e.g. attention map ``(B, C, H, W)``) that fed
+            iteration ``l`` (None for ``l = 0`` and unless requested with ``return_feedback=True``;
+            rows of samples that did not run are zero).
+    """
+
+    iterations: list[dict[str, torch.Tensor]]
+    log_variance: list[dict[str, torch.Tensor]]
+    features: list[torch.Tensor | None]
+    exit_step: torch.Tensor
+    ran: torch.Tensor
+    macs: torch.Tensor | None = None
+    feedback: list[torch.Tensor | None] = field(default_factory=list)
+
+    @property
+    def num_iterations(self) -> int:
+        """``L + 1``."""
+        return len(self.iterations)
+
+    @property
+    def final(self) -> dict[str, torch.Tensor]:
+        """Each sample's predictions at its exit step."""
+        return self.iterations[-1]
+
+    @property
+    def final_log_variance(self) -> dict[str, torch.Tensor]:
+        """Each sample's log-variances at its exit step."""
+        return self.log_variance[-1]
+
+    @property
+    def mean_loops(self) -> float:
+        """Mean number of loops after the first pass (mean exit step), the paper's "average of loops"."""
+        return float(self.exit_step.double().mean())
+
+    @property
+    def mean_macs(self) -> float:
+        """Mean multiply-adds per sample."""
+        if self.macs is None:
+            raise ValueError("this output carries no cost; run the network with count_cost=True")
+        return float(self.macs.mean())

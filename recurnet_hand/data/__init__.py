@@ -1,0 +1,23 @@
+"""Real hand-pose datasets (STB, FPHA, CMU Panoptic), crops and augmentation.
+
+Every dataset returns the same sample dict (``image, joints2d, joints3d, K, has_2d,
+has_3d, is_right, index``; see :class:`~.transforms.HandCrop.to_sample`) with joints
+in the project order of :mod:`recurnet_hand.joints`.
+"""
+
+from ._io import HandDataError, HandDataWarning
+from .fpha import FPHADataset
+from .panoptic import PanopticDataset
+from .stb import STBDataset
+from .transforms import AugmentConfig, HandCrop, HandTransform
+
+__all__ = [
+    "AugmentConfig",
+    "FPHADataset",
+    "HandCrop",
+    "HandDataError",
+    "HandDataWarning",
+    "HandTransform",
+    "PanopticDataset",
+    "STBDataset",
+]

@@ -1,0 +1,370 @@
+"""Random scenes for the synthetic hand dataset: pose, shape, camera, light, skin, clutter.
+
+Every random choice of sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``
+in a fixed order, so a sample depends only on ``(seed, i)`` and the MANO model,
+never on which process renders it or in which order. Change
+:data:`GENERATOR_VERSION` whenever a change here alters the images or labels, so
+caches built by older code are refused.
+
+Units: the MANO layer works in metres; the scene is built in metres in the camera
+frame (X right, Y down, Z forward) and the labels leave in millimetres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+from scipy.spatial.transform import Rotation
+
+from ..joints import MANO_TO_HAND21
+from .render import DirectionalLight, render_mesh
+
+__all__ = ["GENERATOR_VERSION", "HandRig", "HandScene", "render_scene"]
+
+#: Version of the scene sampler; part of every cache manifest.
+GENERATOR_VERSION = "1"
+
+# Skin albedos (sRGB, 0-255) from very light to very dark; a tone is drawn between two neighbours.
+_SKIN_TONES = np.array([
+    (243, 205, 180), (232, 184, 150), (214, 160, 122), (190, 134, 96),
+    (160, 106, 72), (126, 80, 52), (92, 58, 38), (62, 40, 28),
+], dtype=np.float64) / 255.0
+
+# Per-joint limits (radians) of flexion towards the palm, per finger (thumb, index, middle,
+# ring, little) and joint (MCP/CMC, PIP/MCP, DIP/IP), as (low, high); the thumb row is
+# (CMC, MCP, IP). Negative flexion is hyperextension.
+_FLEX_LIMITS = np.array([
+    [(-0.4, 0.9), (-0.2, 1.0), (-0.3, 1.3)],
+    [(-0.3, 1.6), (0.0, 1.9), (-0.1, 1.3)],
+    [(-0.3, 1.6), (0.0, 1.9), (-0.1, 1.3)],
+    [(-0.3, 1.6), (0.0, 1.9), (-0.1, 1.3)],
+    [(-0.3, 1.6), (0.0, 1.9), (-0.1, 1.3)],
+])
+# Largest sideways (ab/adduction) rotation at the base joint of each finger (radians).
+_ABDUCTION = np.array([0.5, 0.25, 0.12, 0.2, 0.35])
+_BETA_CLIP = 2.0
+
+
+@dataclass(frozen=True, eq=False)
+class HandRig:
+    """Rest-pose facts about one MANO model that the scene sampler needs.
+
+    Built once per model by :meth:`from_layer` (a forward pass at zero pose and mean shape).
+
+    Attributes:
+        faces: ``(F, 3)`` int64 mesh faces.
+        flex_axes: ``(5, 3, 3)`` unit axes (finger, joint, xyz), hand frame at rest:
+            positive rotation curls that joint towards the palm.
+        palm_normal: ``(3,)`` unit normal pointing out of the palm (rest pose).
+        palmness: ``(V,)`` in ``[0, 1]``, how much each vertex lies on the palm side (skin shading).
+        rest_vertices: ``(V, 3)`` metres, root-relative rest shape (texture coordinates).
+        pose_joint: ``(5, 3)`` int, row of MANO's 15-joint pose vector for (finger, joint).
+        is_right: handedness of the model.
+    """
+
+    faces: np.ndarray
+    flex_axes: np.ndarray
+    palm_normal: np.ndarray
+    palmness: np.ndarray
+    rest_vertices: np.ndarray
+    pose_joint: np.ndarray
+    is_right: bool
+
+    @classmethod
+    def from_joints(cls, vertices: np.ndarray, joints: np.ndarray, faces: np.ndarray, is_right: bool) -> HandRig:
+        """Derive the rig from a flat rest pose.
+
+        Args:
+            vertices: ``(V, 3)`` rest vertices (metres).
+            joints: ``(21, 3)`` rest joints in project order (metres).
+            faces: ``(F, 3)`` mesh faces.
+            is_right: right hand (mirrors which side is the palm).
+        """
+        palm = _hand_frame(joints, is_right)[:, 2]
+        axes = np.zeros((5, 3, 3))
+        for f in range(5):
+            for s in range(3):
+                bone = joints[2 + 4 * f + s] - joints[1 + 4 * f + s]
+                # Rotating the bone about bone x palm moves it towards the palm; the thumb also
+                # curls across the palm towards the little finger.
+                towards = palm if f else palm + 0.8 * _unit(joints[17] - joints[5])
+                axes[f, s] = _unit(np.cross(bone, towards))
+        centred = vertices - joints[0]
+        normals = _vertex_normals(vertices, faces)
+        palmness = np.clip(normals @ palm * 1.5 + 0.5, 0.0, 1.0)
+        # MANO's pose vector holds joints 1..15 of its own order; the project order maps there.
+        pose_joint = np.array([[MANO_TO_HAND21[1 + 4 * f + s] - 1 for s in range(3)] for f in range(5)])
+        return cls(np.asarray(faces, np.int64), axes, palm, palmness, centred, pose_joint, bool(is_right))
+
+
+@dataclass(frozen=True, eq=False)
+class HandScene:
+    """One rendered sample.
+
+    Attributes:
+        image: ``(S, S, 3)`` uint8 RGB.
+        joints3d: ``(21, 3)`` float64 mm, camera frame.
+        joints2d: ``(21, 2)`` float64 crop px, exactly the projection of ``joints3d`` by ``K``.
+        K: ``(3, 3)`` float64 crop intrinsics (px).
+    """
+
+    image: np.ndarray
+    joints3d: np.ndarray
+    joints2d: np.ndarray
+    K: np.ndarray
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _vertex_normals(vertices, faces):
+    from .render import vertex_normals
+
+    return vertex_normals(vertices, faces)
+
+
+def _hand_frame(joints: np.ndarray, is_right: bool) -> np.ndarray:
+    """``(3, 3)`` rotation whose columns are the hand's across, up and palm-normal directions.
+
+    ``up`` points from the wrist to the middle MCP; the palm normal leaves the palm side
+    (for a right hand seen from its palm with the fingers up, the thumb is on the right).
+    """
+    wrist, index, middle, little = joints[0], joints[5], joints[9], joints[17]
+    normal = _unit(np.cross(index - wrist, little - wrist)) * (1.0 if is_right else -1.0)
+    up = _unit(middle - wrist)
+    normal = _unit(normal - (normal @ up) * up)
+    return np.column_stack([np.cross(up, normal), up, normal])
+
+
+def sample_hand_pose(rng: np.random.Generator, rig: HandRig) -> np.ndarray:
+    """Random finger articulation within :data:`_FLEX_LIMITS`, as MANO's ``(15, 3)`` axis-angle.
+
+    Finger curls share one grasp level (open hand .. fist) with per-finger noise, and a
+    quarter of the fingers move independently (pointing, counting), so poses look like
+    hands rather than independent joint noise.
+    """
+    grasp = rng.uniform(0.0, 1.0)
+    alone = rng.random(5) < 0.25
+    curl = np.where(alone, rng.uniform(0.0, 1.0, 5), np.clip(grasp + rng.normal(0.0, 0.15, 5), 0.0, 1.0))
+    level = np.clip(curl[:, None] + rng.normal(0.0, 0.1, (5, 3)), 0.0, 1.0)
+    flex = _FLEX_LIMITS[..., 0] + (_FLEX_LIMITS[..., 1] - _FLEX_LIMITS[..., 0]) * level
+    spread = rng.uniform(-1.0, 1.0, 5) * _ABDUCTION * (1.0 - 0.6 * curl)
+    rot = Rotation.from_rotvec((flex[..., None] * rig.flex_axes).reshape(15, 3))
+    base = np.zeros((5, 3, 3))
+    base[:, 0] = spread[:, None] * rig.palm_normal
+    rot = rot * Rotation.from_rotvec(base.reshape(15, 3))
+    pose = np.zeros((15, 3))
+    pose[rig.pose_joint.reshape(-1)] = rot.as_rotvec()
+    return pose
+
+
+def _global_rotation(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
+    """Camera-from-hand rotation: 40% palm views, 40% back views, 20% any orientation.
+
+    Palm/back views put the palm normal along -Z/+Z, tilt it by up to 50 degrees and
+    roll the hand to any angle in the image.
+    """
+    kind = rng.choice(3, p=[0.4, 0.4, 0.2])
+    if kind == 2:
+        return Rotation.random(random_state=rng).as_matrix() @ frame.T
+    normal = np.array([0.0, 0.0, -1.0 if kind == 0 else 1.0])
+    up = np.array([0.0, -1.0, 0.0])
+    target = np.column_stack([np.cross(up, normal), up, normal])
+    tilt_axis = rng.normal(size=2)
+    tilt = Rotation.from_rotvec(np.r_[_unit(tilt_axis), 0.0] * rng.uniform(0.0, np.deg2rad(50)))
+    roll = Rotation.from_rotvec([0.0, 0.0, rng.uniform(-np.pi, np.pi)])
+    return (roll * tilt).as_matrix() @ target @ frame.T
+
+
+def _forearm(rng, joints, frame, length=0.24, sides=14):
+    """A tapered elliptic tube from inside the wrist away from the fingers (hand frame, metres).
+
+    Returns vertices ``(2 * sides * rings, 3)`` , faces and the distance along the arm of each
+    vertex (for sleeve colouring).
+    """
+    across, up, normal = frame.T
+    bend = Rotation.from_rotvec(across * rng.uniform(-0.5, 0.5)) * Rotation.from_rotvec(normal * rng.uniform(-0.3, 0.3))
+    axis = bend.apply(-up)
+    a_w = _unit(bend.apply(across))
+    a_t = _unit(np.cross(axis, a_w))
+    width = 0.5 * np.linalg.norm(joints[5] - joints[17]) * rng.uniform(0.9, 1.05)
+    along = np.array([-0.015, 0.0, 0.04, 0.1, length])
+    scale = np.interp(along, [0.0, length], [1.0, 1.3])
+    theta = np.linspace(0, 2 * np.pi, sides, endpoint=False)
+    ring = np.cos(theta)[:, None] * a_w * width + np.sin(theta)[:, None] * a_t * width * 0.62
+    verts = (joints[0] + along[:, None, None] * axis + scale[:, None, None] * ring).reshape(-1, 3)
+    faces = []
+    for r in range(len(along) - 1):
+        for k in range(sides):
+            a, b = r * sides + k, r * sides + (k + 1) % sides
+            faces += [(a, b, b + sides), (a, b + sides, a + sides)]
+    return verts, np.array(faces), np.repeat(along, sides)
+
+
+def _skin(rng, rig: HandRig):
+    """``(V, 3)`` per-vertex albedo: a tone between two neighbouring anchors, lighter palms,
+    and low-frequency blotches so the skin is not a flat colour."""
+    pos = rng.uniform(0, len(_SKIN_TONES) - 1)
+    lo = int(pos)
+    tone = _SKIN_TONES[lo] + (pos - lo) * (_SKIN_TONES[min(lo + 1, len(_SKIN_TONES) - 1)] - _SKIN_TONES[lo])
+    tone = tone * rng.uniform(0.92, 1.08, 3) ** 0.5
+    palm_tone = tone + (1.0 - tone) * np.array([0.25, 0.18, 0.15]) * (1.0 - tone.mean())
+    freq = rng.normal(0.0, 2 * np.pi / 0.04, (4, 3))
+    blotch = np.sin(rig.rest_vertices @ freq.T + rng.uniform(0, 2 * np.pi, 4)).mean(1)
+    colours = tone + rig.palmness[:, None] * (palm_tone - tone)
+    return np.clip(colours * (1.0 + 0.06 * blotch[:, None]), 0.0, 1.0), tone
+
+
+def _random_colour(rng, skin_like: bool = False) -> tuple[int, int, int]:
+    if skin_like:
+        c = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.85, 1.1)
+    else:
+        c = rng.random(3) ** rng.uniform(0.5, 2.0)
+    return tuple(int(v) for v in np.clip(c * 255, 0, 255))
+
+
+def _texture(rng, size: int) -> Image.Image:
+    """A smooth value-noise or stripe texture, ``size x size`` RGB."""
+    if rng.random() < 0.5:
+        cells = int(rng.integers(2, 14))
+        grid = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
+        return Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
+    yy, xx = np.mgrid[0:size, 0:size]
+    angle, period = rng.uniform(0, np.pi), rng.uniform(4, 40)
+    wave = 0.5 + 0.5 * np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
+    c0, c1 = np.array(_random_colour(rng)), np.array(_random_colour(rng))
+    return Image.fromarray((c0 + wave[..., None] * (c1 - c0)).astype(np.uint8))
+
+
+def _draw_shape(rng, canvas: Image.Image, centre, radius: float) -> None:
+    """Draw one filled ellipse, polygon or thick line at ``centre`` (px), plain or textured."""
+    size = canvas.size[0]
+    mask = Image.new("L", canvas.size, 0)
+    draw = ImageDraw.Draw(mask)
+    kind = rng.integers(3)
+    cx, cy = centre
+    if kind == 0:
+        rx, ry = radius * rng.uniform(0.4, 1.0, 2)
+        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+    elif kind == 1:
+        n = int(rng.integers(3, 7))
+        ang = np.sort(rng.uniform(0, 2 * np.pi, n))
+        rad = radius * rng.uniform(0.4, 1.0, n)
+        draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(ang, rad)], fill=255)
+    else:
+        a = rng.uniform(0, np.pi)
+        dx, dy = radius * np.cos(a), radius * np.sin(a)
+        draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=255, width=max(2, int(radius * rng.uniform(0.1, 0.4))))
+    fill = _texture(rng, size) if rng.random() < 0.35 else Image.new("RGB", canvas.size, _random_colour(rng, rng.random() < 0.2))
+    canvas.paste(fill, (0, 0), mask)
+
+
+def _background(rng, size: int) -> Image.Image:
+    """Gradient or noise base with 4-20 random shapes, sometimes out of focus."""
+    if rng.random() < 0.5:
+        t = np.linspace(0.0, 1.0, size)
+        a = rng.uniform(0, 2 * np.pi)
+        ramp = np.clip(0.5 + (np.cos(a) * (t[None, :] - 0.5) + np.sin(a) * (t[:, None] - 0.5)), 0, 1)
+        c0, c1 = np.array(_random_colour(rng)), np.array(_random_colour(rng))
+        canvas = Image.fromarray((c0 + ramp[..., None] * (c1 - c0)).astype(np.uint8))
+    else:
+        canvas = _texture(rng, size)
+    for _ in range(int(rng.integers(4, 21))):
+        _draw_shape(rng, canvas, rng.uniform(-0.1, 1.1, 2) * size, size * rng.uniform(0.05, 0.4))
+    if rng.random() < 0.5:
+        canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.5)))
+    return canvas
+
+
+def _place(rng, verts_cam: np.ndarray, size: int):
+    """Pick intrinsics and a translation so the hand fills 50-85% of the crop near its centre."""
+    f = size * rng.uniform(2.2, 4.5)
+    cx, cy = size / 2 + size * rng.uniform(-0.5, 0.5, 2)  # off-axis crops see perspective skew
+    K = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+    lo, hi = verts_cam.min(0), verts_cam.max(0)
+    fill = rng.uniform(0.5, 0.85)
+    depth = f * float((hi - lo)[:2].max()) / (fill * size) + (hi[2] - lo[2]) / 2
+    target = size / 2 - 0.5 + rng.uniform(-0.06, 0.06, 2) * size
+    t = np.r_[(target - [cx, cy]) * depth / f, depth] - (lo + hi) / 2 * [1, 1, 0]
+    # One correction step: the perspective bounding box centre is not the projected 3D centre.
+    uv = _project(K, verts_cam + t)
+    t[:2] += (target - (uv.min(0) + uv.max(0)) / 2) * t[2] / f
+    return K, t
+
+
+def _project(K, X):
+    p = X @ K.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -> HandScene:
+    """Render sample ``index`` of the dataset with ``seed``.
+
+    Args:
+        index: sample index (>= 0).
+        seed: dataset seed (>= 0).
+        size: crop side ``S`` (px).
+        rig: rest-pose facts of the MANO model.
+        mano_forward: ``(pose (15, 3), betas (10,)) -> (vertices (V, 3), joints (21, 3))`` in
+            metres with zero global rotation.
+
+    Returns:
+        The :class:`HandScene`.
+    """
+    rng = np.random.default_rng([seed, index])
+    pose = sample_hand_pose(rng, rig)
+    betas = np.clip(rng.normal(size=10), -_BETA_CLIP, _BETA_CLIP)
+    verts, joints = mano_forward(pose, betas)
+    verts, joints = verts - joints[0], joints - joints[0]
+    frame = _hand_frame(joints, rig.is_right)
+    R = _global_rotation(rng, frame)
+    colours, tone = _skin(rng, rig)
+    faces = rig.faces
+    arm_verts = None
+    if rng.random() < 0.85:
+        arm_verts, arm_faces, along = _forearm(rng, joints, frame)
+        sleeve = rng.uniform(0.02, 0.15) if rng.random() < 0.5 else np.inf
+        arm_colours = np.where((along >= sleeve)[:, None], np.array(_random_colour(rng)) / 255.0, tone)
+    hand_cam = verts @ R.T
+    K, t = _place(rng, hand_cam, size)
+    mesh_v, mesh_f, mesh_c = hand_cam + t, faces, colours
+    if arm_verts is not None:
+        mesh_v = np.vstack([mesh_v, arm_verts @ R.T + t])
+        mesh_f = np.vstack([faces, arm_faces + len(verts)])
+        mesh_c = np.vstack([colours, arm_colours])
+    toward = rng.normal(size=3)
+    toward[2] = -abs(toward[2]) - 0.5  # mostly from the camera's side
+    light = DirectionalLight(toward, intensity=rng.uniform(0.45, 0.85), ambient=rng.uniform(0.2, 0.45),
+                             color=1.0 + rng.uniform(-0.08, 0.08, 3))
+    background = _background(rng, size)
+    rendered = render_mesh(mesh_v, mesh_f, K, size, vertex_colors=mesh_c, light=light)
+    image = _composite(rng, rendered.image, rendered.mask, background)
+    joints_cam = joints @ R.T + t
+    return HandScene(image, joints_cam * 1000.0, _project(K, joints_cam), K)
+
+
+def _composite(rng, hand: np.ndarray, mask: np.ndarray, background: Image.Image) -> np.ndarray:
+    """Blend the hand over the background with soft edges, add occluders and camera noise."""
+    size = mask.shape[0]
+    soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(0.6)))
+    alpha = np.minimum(mask, np.clip(soft / 255.0 * 1.6, 0.0, 1.0))[..., None]  # only the inner rim blends
+    image = np.asarray(background, dtype=np.float64) / 255.0 * (1.0 - alpha) + hand * alpha
+    if mask.any() and rng.random() < 0.3:
+        ys, xs = np.nonzero(mask)
+        canvas = Image.fromarray((image * 255).astype(np.uint8))
+        extent = max(xs.max() - xs.min(), ys.max() - ys.min())
+        for _ in range(int(rng.integers(1, 3))):
+            k = rng.integers(len(xs))
+            _draw_shape(rng, canvas, (xs[k], ys[k]), extent * rng.uniform(0.12, 0.35))
+        image = np.asarray(canvas, dtype=np.float64) / 255.0
+    if rng.random() < 0.25:
+        image = np.asarray(Image.fromarray((image * 255).astype(np.uint8)).filter(
+            ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0))), dtype=np.float64) / 255.0
+    image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08)
+    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+    image = image + rng.normal(0.0, rng.uniform(0.0, 0.025), image.shape)
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
