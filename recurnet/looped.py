@@ -277,8 +277,9 @@ class LoopedNet(nn.Module):
     def cost_model(self, input_shape: Sequence[int], loops: int | None = None) -> CostModel:
         """Count parameters and multiply-adds per component for ``(C, H, W)`` inputs.
 
-        Counting runs a copy of the network on the ``meta`` device (no data, no
-        statistics touched); results are cached per input shape, loop count and policy.
+        Counting runs a copy of the network in eval mode on one zero image, so the
+        network's own statistics are never touched; results are cached per input
+        shape, loop count and policy.
         """
         last = self.max_loops if loops is None else loops
         key = (tuple(input_shape), last, id(self.policy))
@@ -288,9 +289,11 @@ class LoopedNet(nn.Module):
 
     @torch.compiler.disable
     def _count(self, input_shape: tuple[int, ...], last: int) -> CostModel:
-        meta = copy.deepcopy(self).to("meta").eval()
+        meta = copy.deepcopy(self).eval()
         meta.__dict__["_cost_cache"] = {}
-        x = torch.empty(1, *input_shape, device="meta")
+        param = next(self.parameters(), None)
+        x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",
+                        dtype=param.dtype if param is not None else torch.float32)
         with torch.no_grad():
             ext_macs, feats = count_macs(meta.extractor, x)
             meta._index.value = 0

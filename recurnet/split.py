@@ -134,26 +134,33 @@ class TokenAdapter(FeatureAdapter):
 
 
 class _TokenStem(nn.Module):
-    """The part of a ViT that turns an image into position-embedded tokens."""
+    """The part of a ViT that turns an image into position-embedded tokens.
+
+    The class/register tokens and the position embedding are registered here (the
+    same ``nn.Parameter`` objects as in the model), so they are trained, saved,
+    moved between devices and converted between dtypes with the looped network.
+    """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.patch_embed = model.patch_embed
-        self.pos_embed_owner = model  # not registered twice: see __setattr__ below
+        self.cls_token = model.cls_token
+        self.reg_token = model.reg_token
+        self.pos_embed = model.pos_embed
+        self.pos_drop = model.pos_drop
         self.patch_drop = model.patch_drop
         self.norm_pre = model.norm_pre
-
-    def __setattr__(self, name, value):
-        # Keep a plain reference to the parent model for its ``_pos_embed`` method without
-        # registering the whole model (and all its weights) as a submodule of the stem.
-        if name == "pos_embed_owner":
-            object.__setattr__(self, "_owner", [value])
-            return
-        super().__setattr__(name, value)
+        # Plain settings read by timm's position-embedding routine.
+        self.dynamic_img_size = model.dynamic_img_size
+        self.no_embed_class = model.no_embed_class
+        self.num_prefix_tokens = model.num_prefix_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.models.vision_transformer import VisionTransformer
+
         x = self.patch_embed(x)
-        x = self._owner[0]._pos_embed(x)
+        # timm's routine only reads the attributes mirrored above, so it runs on this module.
+        x = VisionTransformer._pos_embed(self, x)
         x = self.patch_drop(x)
         return self.norm_pre(x)
 

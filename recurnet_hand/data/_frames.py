@@ -71,6 +71,12 @@ class FrameDataset(torch.utils.data.Dataset):
     Augmentation draws come from ``numpy.random.default_rng([seed, epoch, index])``:
     reproducible, independent of worker count and order; call :meth:`set_epoch` to
     get fresh draws each epoch.
+
+    Attributes:
+        frames: the full-image labels, before cropping.
+        transform: the crop/augmentation applied in ``__getitem__``.
+        seed: seed of the augmentation generators.
+        epoch: epoch selected by :meth:`set_epoch`.
     """
 
     def __init__(self, frames: FrameTable, crop_size: int, margin: float,

@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.spatial.transform import Rotation
 
 from ..joints import MANO_TO_HAND21
-from .render import DirectionalLight, render_mesh
+from .render import DirectionalLight, render_mesh, vertex_normals
 
 __all__ = ["GENERATOR_VERSION", "HandRig", "HandScene", "render_scene"]
 
@@ -93,7 +92,7 @@ class HandRig:
                 towards = palm if f else palm + 0.8 * _unit(joints[17] - joints[5])
                 axes[f, s] = _unit(np.cross(bone, towards))
         centred = vertices - joints[0]
-        normals = _vertex_normals(vertices, faces)
+        normals = vertex_normals(vertices, faces)
         palmness = np.clip(normals @ palm * 1.5 + 0.5, 0.0, 1.0)
         # MANO's pose vector holds joints 1..15 of its own order; the project order maps there.
         pose_joint = np.array([[MANO_TO_HAND21[1 + 4 * f + s] - 1 for s in range(3)] for f in range(5)])
@@ -109,22 +108,18 @@ class HandScene:
         joints3d: ``(21, 3)`` float64 mm, camera frame.
         joints2d: ``(21, 2)`` float64 crop px, exactly the projection of ``joints3d`` by ``K``.
         K: ``(3, 3)`` float64 crop intrinsics (px).
+        mask: ``(S, S)`` bool, pixels covered by the hand (and forearm) mesh before occluders.
     """
 
     image: np.ndarray
     joints3d: np.ndarray
     joints2d: np.ndarray
     K: np.ndarray
+    mask: np.ndarray
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def _vertex_normals(vertices, faces):
-    from .render import vertex_normals
-
-    return vertex_normals(vertices, faces)
 
 
 def _hand_frame(joints: np.ndarray, is_right: bool) -> np.ndarray:
@@ -344,7 +339,7 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
     rendered = render_mesh(mesh_v, mesh_f, K, size, vertex_colors=mesh_c, light=light)
     image = _composite(rng, rendered.image, rendered.mask, background)
     joints_cam = joints @ R.T + t
-    return HandScene(image, joints_cam * 1000.0, _project(K, joints_cam), K)
+    return HandScene(image, joints_cam * 1000.0, _project(K, joints_cam), K, rendered.mask)
 
 
 def _composite(rng, hand: np.ndarray, mask: np.ndarray, background: Image.Image) -> np.ndarray:

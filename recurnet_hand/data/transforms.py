@@ -11,7 +11,8 @@ gives the returned 2D joints exactly:
    intrinsics, a 2D rotation about the joints' box centre);
 2. square box around the (rotated) 2D joints, ``margin`` times the larger side of
    their bounding box, times the scale jitter, moved by the translation jitter;
-3. crop and resize to ``size x size``: ``A``; so ``K' = A H K``;
+3. crop and resize to ``size x size``: ``A``; the image is resampled through
+   ``A H`` and, the 3D joints being rotated already, ``K' = A K``;
 4. horizontal flip: image columns reversed, ``x -> size - 1 - x``, ``X -> -X``,
    ``K' -> F K' diag(-1, 1, 1)``, ``is_right`` toggled;
 5. colour jitter (brightness, contrast, saturation) on the float image.
@@ -334,7 +335,8 @@ def crop_hand(image: Image.Image, joints2d: np.ndarray, joints3d: np.ndarray, K:
         image=warp_image(image, affine, size),
         joints2d=(joints2d @ to_crop[:2, :2].T + to_crop[:2, 2]).astype(np.float32),
         joints3d=joints3d.astype(np.float32),
-        K=(affine @ K).astype(np.float32),
+        # The 3D joints are already rotated, so only the crop map goes into K.
+        K=(to_crop @ K).astype(np.float32),
         is_right=bool(is_right),
         box=box,
     )

@@ -116,7 +116,7 @@ class ManoLayer(nn.Module):
                 create_body_pose=False,
                 dtype=dtype,
             )
-        self.register_buffer("faces", torch.as_tensor(np.asarray(assets.f), dtype=torch.long), persistent=False)
+        self.register_buffer("faces", torch.tensor(np.array(assets.f), dtype=torch.long), persistent=False)
         self.register_buffer("_to_hand21", torch.as_tensor(MANO_TO_HAND21, dtype=torch.long), persistent=False)
 
     @classmethod

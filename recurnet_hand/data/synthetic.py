@@ -1,0 +1,466 @@
+"""Synthetic rendered hands: the offline default dataset, with an on-disk cache.
+
+Each sample is a MANO hand in a random pose, shape, orientation, skin tone and
+lighting, rendered with :mod:`.render` directly at crop size over procedural
+clutter, sometimes partly occluded (see :mod:`._scene` for the sampling). The
+labels are exact: ``joints3d`` (mm, camera frame) projected by ``K`` gives
+``joints2d`` (crop px). Sample ``i`` depends only on ``(seed, i)`` and the MANO
+model, so results do not depend on the number of worker processes.
+
+Cache layout (one folder per dataset)::
+
+    manifest.json           settings, MANO fingerprint, shard list; "complete" once done
+    shard-00000.npz         images (n, S, S, 3) uint8, joints2d (n, 21, 2), joints3d
+    shard-00001.npz         (n, 21, 3), K (n, 3, 3) float32, index (n,) int64
+    ...
+
+Every file is written to a temporary name and renamed into place. A folder whose
+manifest names other settings is refused (:class:`CacheMismatchError`) unless
+``rebuild=True``; an interrupted build resumes from its finished shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+from rich.text import Text
+
+from ._io import HandDataError
+from ._scene import GENERATOR_VERSION, HandRig, render_scene
+from .transforms import HandCrop
+
+__all__ = [
+    "GENERATOR_VERSION",
+    "CacheMismatchError",
+    "SyntheticCacheError",
+    "SyntheticHands",
+    "generate_synthetic_hands",
+]
+
+_FORMAT = "recurnet-hand-synthetic"
+_MANIFEST = "manifest.json"
+_TASK_SIZE = 25  # samples per worker task: small enough for a smooth progress bar
+_LABELS = {"joints2d": (21, 2), "joints3d": (21, 3), "K": (3, 3)}
+
+
+class SyntheticCacheError(HandDataError):
+    """A cache file (manifest or shard) is missing, truncated or malformed; the message names it."""
+
+
+class CacheMismatchError(ValueError):
+    """A cache folder holds data generated with different settings."""
+
+
+# --------------------------------------------------------------------------- the MANO model
+
+
+def _mano_layer(mano, side: str):
+    """The layer used for rendering: finger pose as 45 axis-angle values, flat mean hand."""
+    from recurnet_hand.mano import ManoLayer
+    from recurnet_hand.mano.io import ManoAssets
+
+    options = {"use_pca": False, "flat_hand_mean": True, "dtype": torch.float64}
+    if mano is None:
+        return ManoLayer.synthetic(side, **options), "synthetic"
+    if isinstance(mano, ManoLayer):
+        if mano.use_pca or not mano.flat_hand_mean:
+            raise ValueError("mano: a ManoLayer for synthetic hands needs use_pca=False and flat_hand_mean=True "
+                             f"(got {mano.extra_repr()}); or pass the MANO file path or ManoAssets instead")
+        layer, source = mano, "ManoLayer"
+    elif isinstance(mano, ManoAssets):
+        layer, source = ManoLayer(mano, **options), "ManoAssets"
+    elif isinstance(mano, (str, os.PathLike)):
+        layer, source = ManoLayer.from_file(mano, side=side, **options), str(Path(mano).resolve())
+    else:
+        raise TypeError(f"mano must be None, a path, ManoAssets or a ManoLayer, got {type(mano).__name__}")
+    if layer.side != side:
+        raise ValueError(f"mano: the model is a {layer.side} hand but side={side!r}")
+    return layer, source
+
+
+def _fingerprint(layer: torch.nn.Module) -> str:
+    """SHA-256 over the layer's tensors (names, dtypes, shapes, bytes) and faces."""
+    digest = hashlib.sha256()
+    items = sorted(layer.state_dict().items()) + [("faces", layer.faces)]
+    for name, tensor in items:
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+class _Renderer:
+    """Renders samples with one MANO layer (picklable, so worker processes get a copy)."""
+
+    def __init__(self, layer) -> None:
+        self.layer = layer.eval()
+        with torch.no_grad():
+            out = self.layer(torch.zeros(1, 3), torch.zeros(1, 45), torch.zeros(1, 10))
+        self.rig = HandRig.from_joints(out.vertices[0].double().numpy(), out.joints[0].double().numpy(),
+                                       layer.faces.numpy(), layer.side == "right")
+
+    def _forward(self, pose: np.ndarray, betas: np.ndarray):
+        with torch.no_grad():
+            out = self.layer(torch.zeros(1, 3, dtype=torch.float64),
+                             torch.from_numpy(pose.reshape(1, 45)), torch.from_numpy(betas.reshape(1, 10)))
+        return out.vertices[0].double().numpy(), out.joints[0].double().numpy()
+
+    def render(self, seed: int, size: int, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Samples ``start..stop-1`` stacked: images uint8 ``(n, S, S, 3)``, labels float32."""
+        scenes = [render_scene(i, seed, size, self.rig, self._forward) for i in range(start, stop)]
+        return {
+            "images": np.stack([s.image for s in scenes]),
+            "joints2d": np.stack([s.joints2d for s in scenes]).astype(np.float32),
+            "joints3d": np.stack([s.joints3d for s in scenes]).astype(np.float32),
+            "K": np.stack([s.K for s in scenes]).astype(np.float32),
+            "index": np.arange(start, stop, dtype=np.int64),
+        }
+
+
+_WORKER: _Renderer | None = None
+
+
+def _worker_init(layer) -> None:
+    global _WORKER
+    torch.set_num_threads(1)  # one process per core; no oversubscription
+    _WORKER = _Renderer(layer)
+
+
+def _worker_render(seed: int, size: int, start: int, stop: int) -> dict[str, np.ndarray]:
+    return _WORKER.render(seed, size, start, stop)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_atomic(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary sibling of ``path``, then rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2).encode()))
+
+
+def _shard_name(k: int) -> str:
+    return f"shard-{k:05d}.npz"
+
+
+def _read_manifest(root: Path) -> dict | None:
+    path = root / _MANIFEST
+    if not path.exists():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if manifest.get("format") != _FORMAT:
+            raise ValueError(f"format is {manifest.get('format')!r}, expected {_FORMAT!r}")
+    except (ValueError, AttributeError) as err:
+        raise SyntheticCacheError(f"{path}: not a synthetic-hands manifest ({err})") from err
+    return manifest
+
+
+def _npy_member(path: Path, zf: zipfile.ZipFile, name: str):
+    """Byte offset, shape and dtype of an uncompressed ``.npy`` member of an ``.npz``."""
+    info = zf.getinfo(name + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(f"member {name!r} is compressed")
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"bad local header for member {name!r}")
+        fh.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if fortran:
+            raise ValueError(f"member {name!r} is Fortran-ordered")
+        return fh.tell(), shape, dtype
+
+
+class _ShardReader:
+    """Labels of a complete cache in memory; images read from the shards on demand."""
+
+    def __init__(self, root: Path, manifest: dict) -> None:
+        size = manifest["crop_size"]
+        labels = {k: [] for k in _LABELS}
+        self.images = []  # per shard: (path, byte offset of image 0, count)
+        for entry in manifest["shards"]:
+            path = root / entry["file"]
+            n = entry["count"]
+            try:
+                if not path.is_file():
+                    raise FileNotFoundError("file is missing")
+                if path.stat().st_size != entry["bytes"]:
+                    raise ValueError(f"size {path.stat().st_size} bytes, manifest says {entry['bytes']}")
+                with zipfile.ZipFile(path) as zf:
+                    offset, shape, dtype = _npy_member(path, zf, "images")
+                    if shape != (n, size, size, 3) or dtype != np.uint8:
+                        raise ValueError(f"images are {dtype} {shape}, expected uint8 {(n, size, size, 3)}")
+                with np.load(path) as data:  # reads the small label arrays with their CRC check
+                    if not np.array_equal(data["index"], np.arange(entry["start"], entry["start"] + n)):
+                        raise ValueError("index array does not match the manifest")
+                    for key, tail in _LABELS.items():
+                        if data[key].shape != (n, *tail):
+                            raise ValueError(f"{key} has shape {data[key].shape}, expected {(n, *tail)}")
+                        labels[key].append(data[key].astype(np.float32))
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as err:
+                raise SyntheticCacheError(f"{path}: corrupt or incomplete cache shard ({err}); "
+                                          "delete it (or the cache folder) to regenerate") from err
+            self.images.append((path, offset, n))
+        self.labels = {k: np.concatenate(v) for k, v in labels.items()}
+        self.starts = np.cumsum([0] + [n for _, _, n in self.images])
+        self.size = size
+
+    def image(self, i: int) -> np.ndarray:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        path, offset, _ = self.images[k]
+        nbytes = self.size * self.size * 3
+        with open(path, "rb") as fh:
+            fh.seek(offset + (i - self.starts[k]) * nbytes)
+            raw = fh.read(nbytes)
+        if len(raw) != nbytes:
+            raise SyntheticCacheError(f"{path}: truncated shard (image {i})")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(self.size, self.size, 3)
+
+
+# --------------------------------------------------------------------------- generation
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:.1f} img/s", style="progress.data.speed")
+
+
+def _check_args(num_samples, crop_size, seed, workers, side) -> None:
+    if int(num_samples) < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if int(crop_size) < 16:
+        raise ValueError(f"crop_size must be >= 16 px, got {crop_size}")
+    if int(seed) < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    if workers is not None and int(workers) < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if side not in ("right", "left"):
+        raise ValueError(f"side must be 'right' or 'left', got {side!r}")
+
+
+def _settings(num_samples, crop_size, seed, side, layer, source) -> dict:
+    return {"format": _FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
+            "num_samples": int(num_samples), "crop_size": int(crop_size), "side": side,
+            "mano": {"source": source, "sha256": _fingerprint(layer)}}
+
+
+def _differences(manifest: dict, settings: dict) -> list[str]:
+    keys = ["generator_version", "seed", "num_samples", "crop_size", "side"]
+    out = [f"{k}: cache has {manifest.get(k)!r}, requested {settings[k]!r}" for k in keys if manifest.get(k) != settings[k]]
+    have = (manifest.get("mano") or {}).get("sha256")
+    if have != settings["mano"]["sha256"]:
+        out.append(f"MANO model: cache built with {(manifest.get('mano') or {}).get('source')!r} "
+                   f"(sha256 {str(have)[:12]}), requested {settings['mano']['source']!r} "
+                   f"(sha256 {settings['mano']['sha256'][:12]})")
+    return out
+
+
+def _clear(root: Path) -> None:
+    for path in list(root.glob("shard-*.npz")) + list(root.glob(".*.tmp-*")) + [root / _MANIFEST]:
+        path.unlink(missing_ok=True)
+
+
+def _build(root, layer, settings, workers, shard_size, progress) -> dict:
+    n, seed, size = settings["num_samples"], settings["seed"], settings["crop_size"]
+    shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
+    done = {}
+    for k, start, stop in shards:
+        entry = {"file": _shard_name(k), "start": start, "count": stop - start}
+        path = root / entry["file"]
+        if path.is_file():  # finished by an interrupted build with the same settings
+            entry["bytes"] = path.stat().st_size
+            try:
+                _ShardReader(root, {"crop_size": size, "shards": [entry]})
+                done[k] = entry
+            except SyntheticCacheError:
+                path.unlink()
+    todo = [(k, s, min(s + _TASK_SIZE, stop)) for k, start, stop in shards if k not in done
+            for s in range(start, stop, _TASK_SIZE)]
+    pending = {k: [] for k, _, _ in todo}
+    columns = (TextColumn("[bold]synthetic hands"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("render", total=len(todo) and sum(b - a for _, a, b in todo))
+
+        def collect(k, part):
+            pending[k].append(part)
+            bar.advance(task, len(part["index"]))
+            _, start, stop = shards[k]
+            if sum(len(p["index"]) for p in pending[k]) == stop - start:
+                parts = sorted(pending.pop(k), key=lambda p: p["index"][0])
+                arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+                path = root / _shard_name(k)
+                _write_atomic(path, lambda fh: np.savez(fh, **arrays))
+                done[k] = {"file": path.name, "start": start, "count": stop - start, "bytes": path.stat().st_size}
+
+        workers = min(int(workers), len(todo))
+        if workers == 0:
+            renderer = _Renderer(layer) if todo else None
+            for k, a, b in todo:
+                collect(k, renderer.render(seed, size, a, b))
+        else:
+            ctx = get_context("spawn")  # fork after torch/OpenMP start-up is not safe
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(layer,)) as pool:
+                futures = {pool.submit(_worker_render, seed, size, a, b): k for k, a, b in todo}
+                try:
+                    while futures:
+                        finished, _ = wait(futures, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            collect(futures.pop(fut), fut.result())
+                except BaseException:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    return {**settings, "shard_size": shard_size, "complete": True, "shards": [done[k] for k, _, _ in shards]}
+
+
+def generate_synthetic_hands(
+    out_dir: str | os.PathLike,
+    num_samples: int,
+    crop_size: int = 224,
+    seed: int = 0,
+    workers: int | None = None,
+    mano=None,
+    *,
+    side: str = "right",
+    shard_size: int = 500,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Render a synthetic hand dataset into ``out_dir`` (or reuse the one already there).
+
+    Args:
+        out_dir: cache folder (created if missing).
+        num_samples: number of samples.
+        crop_size: image side ``S`` (px).
+        seed: dataset seed; sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``.
+        workers: processes rendering in parallel (``spawn`` start method); ``0`` renders
+            in this process; ``None`` uses every CPU (at most 8).
+        mano: ``None`` for the bundled synthetic MANO assets, a MANO file path (``.pkl`` /
+            ``.npz`` or a folder with ``MANO_RIGHT.pkl``), ``ManoAssets``, or a ``ManoLayer``
+            built with ``use_pca=False, flat_hand_mean=True``.
+        side: ``"right"`` or ``"left"`` hand.
+        shard_size: samples per ``.npz`` shard (a resumed build keeps the original value).
+        rebuild: delete a cache built with other settings instead of raising.
+        progress: show a progress bar while rendering.
+
+    Returns:
+        ``out_dir`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        CacheMismatchError: ``out_dir`` holds a cache with other settings and ``rebuild`` is False.
+        SyntheticCacheError: the manifest there is unreadable.
+    """
+    _check_args(num_samples, crop_size, seed, workers, side)
+    if int(shard_size) < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    layer, source = _mano_layer(mano, side)
+    settings = _settings(num_samples, crop_size, seed, side, layer, source)
+    manifest = _read_manifest(root)
+    if manifest is None and any(root.glob("shard-*.npz")):
+        manifest = {}  # shards of unknown origin: treat as a mismatch
+    if manifest is not None:
+        diff = _differences(manifest, settings) if manifest else ["shard files without a manifest"]
+        if diff and not rebuild:
+            raise CacheMismatchError(f"{root}: cache was built with other settings; use another folder, delete it "
+                                     "or pass rebuild=True:\n  " + "\n  ".join(diff))
+        if diff:
+            _clear(root)
+            manifest = None
+        elif manifest.get("complete"):
+            _ShardReader(root, manifest)  # fails early, naming the file, if a shard was damaged
+            return root
+        else:
+            shard_size = int(manifest.get("shard_size", shard_size))
+    for stale in root.glob(".*.tmp-*"):  # left by a killed build
+        stale.unlink()
+    _write_json(root / _MANIFEST, {**settings, "shard_size": int(shard_size), "complete": False, "shards": []})
+    workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
+    _write_json(root / _MANIFEST, _build(root, layer, settings, workers, int(shard_size), progress))
+    return root
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+class SyntheticHands(torch.utils.data.Dataset):
+    """Rendered MANO hands over procedural clutter, with exact 2D/3D labels.
+
+    Without ``cache_dir`` each sample is rendered in ``__getitem__`` (use DataLoader
+    workers for speed); with it, the whole set is rendered once by ``workers``
+    processes into ``.npz`` shards and read from there afterwards. Either way sample
+    ``i`` is the same image (uint8-quantised) with the same labels.
+
+    Args:
+        num_samples: dataset length.
+        crop_size: image side ``S`` (px).
+        seed: dataset seed (>= 0).
+        mano: MANO model, see :func:`generate_synthetic_hands`.
+        cache_dir: folder of the on-disk cache; ``None`` renders on the fly.
+        workers: rendering processes when building the cache (ignored without one).
+        side: ``"right"`` or ``"left"`` hand.
+        rebuild: replace a cache built with other settings instead of raising.
+        progress: show a progress bar while building the cache.
+
+    Returns samples as dicts (see the sample-format notes): ``image`` float32
+    ``(3, S, S)`` in ``[0, 1]``, ``joints2d`` float32 ``(21, 2)`` crop px, ``joints3d``
+    float32 ``(21, 3)`` mm in the camera frame, ``K`` float32 ``(3, 3)``, ``has_2d`` and
+    ``has_3d`` True, ``is_right``, ``index``.
+    """
+
+    def __init__(self, num_samples: int, crop_size: int = 224, seed: int = 0, mano=None,
+                 cache_dir: str | os.PathLike | None = None, workers: int | None = None, side: str = "right",
+                 *, rebuild: bool = False, progress: bool = True) -> None:
+        _check_args(num_samples, crop_size, seed, workers, side)
+        self.num_samples, self.crop_size, self.seed, self.side = int(num_samples), int(crop_size), int(seed), side
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._renderer = self._reader = None
+        if self.cache_dir is None:
+            self._renderer = _Renderer(_mano_layer(mano, side)[0])
+        else:
+            generate_synthetic_hands(self.cache_dir, num_samples, crop_size, seed, workers, mano, side=side,
+                                     rebuild=rebuild, progress=progress)
+            self._reader = _ShardReader(self.cache_dir, _read_manifest(self.cache_dir))
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i = int(index)
+        if not 0 <= i < self.num_samples:
+            raise IndexError(f"index {index} out of range for SyntheticHands of length {self.num_samples}")
+        if self._reader is not None:
+            image = self._reader.image(i)
+            labels = {k: v[i] for k, v in self._reader.labels.items()}
+        else:
+            part = self._renderer.render(self.seed, self.crop_size, i, i + 1)
+            image, labels = part["images"][0], {k: part[k][0] for k in _LABELS}
+        crop = HandCrop(image=image.transpose(2, 0, 1).astype(np.float32) / 255.0, is_right=self.side == "right",
+                        **labels)
+        return crop.to_sample(i)

@@ -1,0 +1,208 @@
+"""Tests for the synthetic hand dataset and its on-disk cache (recurnet_hand.data.synthetic)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recurnet_hand.data import _scene, synthetic
+from recurnet_hand.data.synthetic import (
+    CacheMismatchError,
+    SyntheticCacheError,
+    SyntheticHands,
+    generate_synthetic_hands,
+)
+
+S = 64  # small crops keep the tests fast; the scene is sampled the same way at any size
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """Five samples in shards of two, rendered in this process."""
+    root = tmp_path_factory.mktemp("synth") / "cache"
+    generate_synthetic_hands(root, 5, S, seed=3, workers=0, shard_size=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def live():
+    """The same samples rendered on the fly."""
+    return SyntheticHands(5, S, seed=3)
+
+
+def _project(joints3d, K):
+    p = joints3d @ K.T
+    return p[:, :2] / p[:, 2:3]
+
+
+def test_sample_has_the_documented_keys_types_and_shapes(cache):
+    ds = SyntheticHands(5, S, seed=3, cache_dir=cache)
+    assert len(ds) == 5
+    sample = ds[4]
+    assert set(sample) == {"image", "joints2d", "joints3d", "K", "has_2d", "has_3d", "is_right", "index"}
+    assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, S, S)
+    assert 0.0 <= sample["image"].min() and sample["image"].max() <= 1.0
+    assert sample["joints2d"].shape == (21, 2) and sample["joints3d"].shape == (21, 3)
+    assert sample["K"].shape == (3, 3) and sample["K"].dtype == torch.float32
+    assert sample["has_2d"].item() and sample["has_3d"].item() and sample["is_right"].item()
+    assert sample["index"].dtype == torch.int64 and sample["index"].item() == 4
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    assert batch["image"].shape == (2, 3, S, S) and batch["index"].tolist() == [0, 1]
+    with pytest.raises(IndexError, match="out of range"):
+        ds[5]
+
+
+def test_cached_samples_equal_samples_rendered_on_the_fly(cache, live):
+    ds = SyntheticHands(5, S, seed=3, cache_dir=cache)
+    for i in range(5):
+        a, b = ds[i], live[i]
+        for key in a:
+            assert torch.equal(a[key], b[key]), (i, key)
+
+
+def test_same_seed_same_images_other_seed_other_images(live):
+    again = SyntheticHands(5, S, seed=3)
+    other = SyntheticHands(5, S, seed=4)
+    assert torch.equal(again[2]["image"], live[2]["image"])
+    assert torch.equal(again[2]["joints3d"], live[2]["joints3d"])
+    assert not torch.equal(other[2]["image"], live[2]["image"])
+    assert not torch.equal(live[1]["image"], live[2]["image"])
+
+
+def test_worker_processes_do_not_change_the_result(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(synthetic, "_TASK_SIZE", 1)  # five tasks, so both workers render
+    root = generate_synthetic_hands(tmp_path / "w2", 5, S, seed=3, workers=2, shard_size=2, progress=False)
+    for name in ("shard-00000.npz", "shard-00001.npz", "shard-00002.npz"):
+        with np.load(cache / name) as a, np.load(root / name) as b:
+            for key in a.files:
+                np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+
+
+def test_labels_are_an_exact_projection_and_joints_lie_in_the_crop():
+    rig = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
+    inside = []
+    for i in range(24):
+        scene = _scene.render_scene(i, 11, S, rig.rig, rig._forward)
+        j3, j2, K = (np.asarray(x, np.float32) for x in (scene.joints3d, scene.joints2d, scene.K))
+        np.testing.assert_allclose(_project(j3.astype(np.float64), K.astype(np.float64)), j2, atol=1e-3)
+        assert np.all(j3[:, 2] > 100.0)  # mm in front of the camera
+        # Bone lengths are hand-sized (mm): wrist to middle MCP between 5 and 15 cm.
+        assert 50 < np.linalg.norm(j3[9] - j3[0]) < 150
+        inside.append(np.mean((j2 >= 0) & (j2 <= S - 1)))
+        assert scene.image.dtype == np.uint8 and scene.image.shape == (S, S, 3)
+    assert np.mean(inside) > 0.95
+
+
+def test_the_hand_is_drawn_where_its_joints_project():
+    rig = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
+    hits = []
+    for i in range(8):
+        scene = _scene.render_scene(i, 5, S, rig.rig, rig._forward)
+        assert 0.03 < scene.mask.mean() < 0.9  # the hand fills a fair part of the crop, not all of it
+        px = np.rint(scene.joints2d).astype(int)
+        ok = np.all((px >= 0) & (px < S), axis=1)
+        hits.extend(scene.mask[px[ok, 1], px[ok, 0]])
+    # Joints lie inside the mesh, so they project inside its silhouette (tips may round outside).
+    assert np.mean(hits) > 0.9
+
+
+def test_cache_is_reused_without_rendering(cache, monkeypatch):
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_samples"] == 5 and manifest["crop_size"] == S
+    assert manifest["seed"] == 3 and manifest["generator_version"] == synthetic.GENERATOR_VERSION
+    assert len(manifest["mano"]["sha256"]) == 64 and manifest["mano"]["source"] == "synthetic"
+    assert [s["count"] for s in manifest["shards"]] == [2, 2, 1]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+
+    def fail(*args):
+        raise AssertionError("a complete cache must not be rendered again")
+
+    monkeypatch.setattr(synthetic._Renderer, "render", fail)
+    SyntheticHands(5, S, seed=3, cache_dir=cache, workers=0)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == mtimes
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 4}, "seed: cache has 3, requested 4"),
+    ({"crop_size": 48}, "crop_size"),
+    ({"num_samples": 6}, "num_samples"),
+    ({"side": "left"}, "side"),
+])
+def test_cache_built_with_other_settings_is_refused(cache, change, message):
+    args = {"num_samples": 5, "crop_size": S, "seed": 3, "side": "right"} | change
+    with pytest.raises(CacheMismatchError, match=message):
+        SyntheticHands(args["num_samples"], args["crop_size"], args["seed"], cache_dir=cache, workers=0,
+                       side=args["side"], progress=False)
+
+
+def test_other_mano_model_or_generator_version_is_refused_and_rebuild_replaces(tmp_path, monkeypatch):
+    from recurnet_hand.mano import synthetic_mano_assets
+
+    root = generate_synthetic_hands(tmp_path / "c", 2, S, seed=0, workers=0, progress=False)
+    with pytest.raises(CacheMismatchError, match="MANO model"):
+        generate_synthetic_hands(root, 2, S, seed=0, workers=0, mano=synthetic_mano_assets("right", seed=1),
+                                 progress=False)
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", "0-older")
+    with pytest.raises(CacheMismatchError, match="generator_version"):
+        generate_synthetic_hands(root, 2, S, seed=0, workers=0, progress=False)
+    generate_synthetic_hands(root, 2, S, seed=0, workers=0, progress=False, rebuild=True)
+    assert json.loads((root / "manifest.json").read_text())["generator_version"] == "0-older"
+
+
+def test_no_temporary_files_are_left_and_an_interrupted_build_resumes(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    real = synthetic._Renderer.render
+    calls = []
+
+    def flaky(self, seed, size, start, stop):
+        calls.append(start)
+        if start >= 2 and len(calls) < 4:
+            raise RuntimeError("interrupted")
+        return real(self, seed, size, start, stop)
+
+    monkeypatch.setattr(synthetic._Renderer, "render", flaky)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_synthetic_hands(root, 4, S, seed=0, workers=0, shard_size=2, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shard-00000.npz"]
+    assert json.loads((root / "manifest.json").read_text())["complete"] is False
+    calls.clear()
+    monkeypatch.setattr(synthetic._Renderer, "render", lambda self, *a: real(self, *a))
+    generate_synthetic_hands(root, 4, S, seed=0, workers=0, shard_size=2, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shard-00000.npz", "shard-00001.npz"]
+    assert not list(root.glob(".*"))
+    ds = SyntheticHands(4, S, seed=0, cache_dir=root)
+    assert torch.equal(ds[3]["image"], SyntheticHands(4, S, seed=0)[3]["image"])
+
+
+def test_corrupt_shard_fails_naming_the_file(cache, tmp_path):
+    import shutil
+
+    root = tmp_path / "c"
+    shutil.copytree(cache, root)
+    shard = root / "shard-00001.npz"
+    size = shard.stat().st_size
+    shard.write_bytes(b"\x00" * size)  # same size, garbage content
+    with pytest.raises(SyntheticCacheError, match="shard-00001.npz"):
+        SyntheticHands(5, S, seed=3, cache_dir=root)
+    shard.write_bytes(b"PK")  # truncated
+    with pytest.raises(SyntheticCacheError, match=r"shard-00001\.npz.*size 2 bytes"):
+        SyntheticHands(5, S, seed=3, cache_dir=root)
+    (root / "manifest.json").write_text("{not json")
+    with pytest.raises(SyntheticCacheError, match="manifest.json"):
+        SyntheticHands(5, S, seed=3, cache_dir=root)
+
+
+def test_bad_arguments_fail_early():
+    with pytest.raises(ValueError, match="num_samples"):
+        SyntheticHands(0)
+    with pytest.raises(ValueError, match="crop_size"):
+        SyntheticHands(4, crop_size=8)
+    with pytest.raises(ValueError, match="side"):
+        SyntheticHands(4, side="both")
+    with pytest.raises(TypeError, match="mano must be"):
+        SyntheticHands(4, mano=3.5)
+    with pytest.raises(FileNotFoundError):
+        SyntheticHands(4, mano="/nonexistent/MANO_RIGHT.pkl")
