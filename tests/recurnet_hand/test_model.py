@@ -1,0 +1,119 @@
+"""IR9 backbone, DIR-Net presets and pose heads."""
+
+import pytest
+import timm
+import torch
+
+import recurnet
+from recurnet_hand import build_dirnet, preset
+from recurnet_hand.backbones import LOOP_POINTS, loop_point_stage
+from recurnet_hand.model import DirectPoseHead, ManoPoseHead
+
+
+@pytest.mark.parametrize("name,width", [("ir9_32", 32), ("ir9_16", 16)])
+def test_ir9_layout(name, width):
+    model = timm.create_model(name)
+    info = [(f["num_chs"], f["reduction"]) for f in model.feature_info]
+    assert info == [(width, 2), (width, 4), (2 * width, 8), (4 * width, 16), (8 * width, 32)]
+    # One basic block per stage: ResNet-18's layout halved.
+    assert all(len(getattr(model, f"layer{i}")) == 1 for i in range(1, 5))
+    assert model.conv1.out_channels == width
+    feats = model.forward_intermediates(torch.zeros(1, 3, 224, 224), indices=[2], intermediates_only=True)[0]
+    assert feats.shape == (1, 2 * width, 28, 28)  # the default loop point ends at 28x28
+
+
+def test_ir9_any_width_and_no_pretrained():
+    assert timm.create_model("ir9", width=24).layer4[0].conv2.out_channels == 192
+    with pytest.raises(ValueError, match="no pretrained"):
+        timm.create_model("ir9_32", pretrained=True)
+    with pytest.raises(ValueError, match="width"):
+        timm.create_model("ir9", width=0)
+
+
+@pytest.mark.parametrize("point,size", [(1, 112), (2, 56), (3, 28), (4, 14)])
+def test_loop_points_select_extractor_resolution(point, size):
+    net = recurnet.loopify("ir9_16", stage=loop_point_stage(point), max_loops=1)
+    feats = net.extractor(torch.zeros(1, 3, 224, 224))
+    assert feats.shape[-1] == size
+    assert sorted(LOOP_POINTS) == [1, 2, 3, 4]
+    with pytest.raises(ValueError, match="loop point"):
+        loop_point_stage(5)
+
+
+@pytest.fixture(scope="module")
+def tiny_net():
+    torch.manual_seed(0)
+    return build_dirnet(preset("tiny", max_loops=2))
+
+
+def test_dirnet_outputs_and_units(tiny_net):
+    net = tiny_net.eval()
+    out = net(torch.rand(3, 3, 96, 96))
+    assert out.num_iterations == 3
+    final = out.final
+    assert final["joints3d"].shape == (3, 21, 3) and final["joints2d"].shape == (3, 21, 2)
+    torch.testing.assert_close(final["joints3d"][:, 0], torch.zeros(3, 3))  # root-relative
+    # An untrained net predicts the MANO mean hand: a plausible size in millimetres.
+    span = (final["joints3d"] - final["joints3d"][:, :1]).norm(dim=-1).max()
+    assert 80 < span < 300
+    # The initial camera puts the wrist at the crop centre.
+    torch.testing.assert_close(final["joints2d"][:, 0], torch.full((3, 2), 48.0))
+    assert out.final_log_variance["joints3d"].shape == (3, 21, 1)
+
+
+def test_dirnet_gradients_reach_every_trainable_part(tiny_net):
+    net = tiny_net.train()
+    out = net(torch.rand(4, 3, 96, 96))
+    loss = sum(it["joints3d"].square().mean() + it["joints2d"].mean() for it in out.iterations)
+    loss = loss + sum(lv["joints3d"].mean() + lv["joints2d"].mean() for lv in out.log_variance)
+    net.zero_grad()
+    loss.backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+def test_mano_buffers_are_not_trainable(tiny_net):
+    names = [n for n, _ in tiny_net.named_parameters()]
+    assert not any(".mano." in n for n in names)
+
+
+def test_direct_head_shapes_and_root():
+    head = DirectPoseHead(16, 32, crop_size=64)
+    out = head(torch.randn(2, 16))
+    assert out["joints3d"].shape == (2, 21, 3)
+    torch.testing.assert_close(out["joints3d"][:, 0], torch.zeros(2, 3))
+    net = build_dirnet(preset("tiny", head="direct", max_loops=1)).eval()
+    assert net(torch.rand(1, 3, 96, 96)).final["joints2d"].shape == (1, 21, 2)
+
+
+def test_mano_head_projection_is_weak_perspective():
+    from recurnet_hand.mano import ManoLayer
+
+    head = ManoPoseHead(8, 16, ManoLayer.synthetic("right", num_pca_comps=6), crop_size=100)
+    torch.nn.init.normal_(head.fc[-1].weight, std=0.1)
+    out = head(torch.randn(3, 8))
+    expected = out["scale"][:, None, None] * out["joints3d"][..., :2] + out["translation"][:, None]
+    torch.testing.assert_close(out["joints2d"], expected)
+    r = out["rotation"]
+    torch.testing.assert_close(r @ r.transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5, rtol=0)
+
+
+def test_presets_and_unknown_names():
+    assert preset("stb").width == 32 and preset("stb").fc == 512
+    assert preset("fpha").width == 16 and preset("fpha").fc == 256
+    with pytest.raises(ValueError, match="unknown preset 'nope'"):
+        preset("nope")
+    with pytest.raises(ValueError, match="unknown pose head"):
+        build_dirnet(preset("tiny", head="nope"))
+
+
+@pytest.mark.parametrize(
+    "name,no_iter,with_amg",
+    [("stb", 1.44e6, 1.68e6), ("fpha", 408e3, 460e3)],
+)
+def test_parameter_counts_near_paper_table3(name, no_iter, with_amg):
+    # Paper Table 3: parameters of the model without iterations and with AMG; target within 10 %.
+    plain = build_dirnet(preset(name, feedback="none", max_loops=0))
+    looped = build_dirnet(preset(name, feedback="attention", max_loops=5))
+    assert recurnet.count_params(plain) == pytest.approx(no_iter, rel=0.10)
+    assert recurnet.count_params(looped) == pytest.approx(with_amg, rel=0.10)
