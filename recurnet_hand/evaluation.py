@@ -1,0 +1,251 @@
+"""Evaluate DIR-Net: per-loop accuracy, and accuracy vs compute for any number of exit policies.
+
+The network runs once over the data with every sample through every
+iteration (``exit="all"``); each policy's exits are then simulated on the stored
+outputs (:func:`recurnet.simulate_exits`), which gives exactly the exits and
+predictions of a compacted run. A sweep of thresholds or temperatures thus
+costs one pass.
+
+3D errors are root-relative (mm); 2D errors are in crop pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from rich.progress import Progress
+
+import recurnet
+from recurnet.output import LoopOutput
+
+from .losses import add_hand_targets
+from .metrics import EvalConfig, PoseEvaluator, evaluate_loops
+
+__all__ = [
+    "AUC_RANGES_3D",
+    "eval_configs",
+    "Collected",
+    "collect",
+    "EvalRow",
+    "evaluate_policies",
+    "variance_thresholds",
+    "rows_to_markdown",
+    "write_rows",
+    "per_loop_metrics",
+    "mean_pose_baseline",
+]
+
+#: 3D PCK threshold ranges (mm) of the papers' AUC per dataset.
+AUC_RANGES_3D: dict[str, tuple[float, float]] = {"stb": (20.0, 50.0), "fpha": (0.0, 50.0), "synthetic": (0.0, 50.0)}
+
+
+def eval_configs(dataset: str, crop_size: int, range_3d: tuple[float, float] | None = None
+                 ) -> tuple[EvalConfig, EvalConfig]:
+    """``(2D, 3D)`` evaluation settings: 3D root-relative over the dataset's AUC range (mm),
+    2D over 0-30 px at 224 px crops (scaled with the crop)."""
+    lo_hi = range_3d or AUC_RANGES_3D.get(dataset, (0.0, 50.0))
+    cfg3d = EvalConfig(threshold_range=tuple(lo_hi), steps=20, root_relative=True, unit="mm")
+    cfg2d = EvalConfig(threshold_range=(0.0, 30.0 * crop_size / 224.0), steps=20, unit="px")
+    return cfg2d, cfg3d
+
+
+@dataclass
+class Collected:
+    """Everything one ``exit="all"`` pass produced, on the CPU.
+
+    Attributes:
+        output: the concatenated :class:`recurnet.LoopOutput` over the whole set.
+        gt2d: ``(N, 21, 2)`` px. gt3d: ``(N, 21, 3)`` mm root-relative.
+        has_2d: ``(N,)`` bool. has_3d: ``(N,)`` bool.
+        images: the first few images ``(n, 3, S, S)`` (for figures).
+        cost: the network's cost model for this input size.
+    """
+
+    output: LoopOutput
+    gt2d: torch.Tensor
+    gt3d: torch.Tensor
+    has_2d: torch.Tensor
+    has_3d: torch.Tensor
+    images: torch.Tensor
+    cost: recurnet.CostModel
+
+    def predictions(self, name: str) -> torch.Tensor:
+        """``(L + 1, N, ...)`` predictions of output ``name`` at every iteration."""
+        return torch.stack([it[name] for it in self.output.iterations])
+
+
+def _cat_outputs(parts: list[LoopOutput]) -> LoopOutput:
+    n_it = parts[0].num_iterations
+    iterations = [{k: torch.cat([p.iterations[l][k] for p in parts]) for k in parts[0].iterations[l]}
+                  for l in range(n_it)]
+    log_var = [{k: torch.cat([p.log_variance[l][k] for p in parts]) for k in parts[0].log_variance[l]}
+               for l in range(n_it)]
+    features = [None if parts[0].features[l] is None else torch.cat([p.features[l] for p in parts])
+                for l in range(n_it)]
+    return LoopOutput(iterations, log_var, features, torch.cat([p.exit_step for p in parts]),
+                      torch.cat([p.ran for p in parts], dim=1))
+
+
+_KEEP = ("joints2d", "joints3d")
+
+
+@torch.no_grad()
+def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor]], *, device: str | torch.device = "cpu",
+            keep_images: int = 12, progress: bool = True, total: int | None = None) -> Collected:
+    """Run ``net`` in eval mode with every sample through every iteration and gather outputs and labels.
+
+    Args:
+        net: DIR-Net (outputs ``joints2d``, ``joints3d`` and their log-variances).
+        batches: sample-dict batches (a DataLoader).
+        device: where to run.
+        keep_images: how many images to keep for figures.
+        progress: show a progress bar.
+        total: number of batches, for the progress bar.
+    """
+    was_training = net.training
+    net.eval()
+    parts, gt2d, gt3d, has2d, has3d, images = [], [], [], [], [], []
+    cost = None
+    try:
+        with Progress(transient=True, disable=not progress) as bar:
+            task = bar.add_task("evaluating", total=total)
+            for batch in batches:
+                x = batch["image"].to(device)
+                out = net(x, exit="all", count_cost=False)
+                cost = cost or net.cost_model(tuple(x.shape[1:]))
+                iterations = [{k: v.float().cpu() for k, v in it.items() if k in _KEEP} for it in out.iterations]
+                log_var = [{k: v.float().cpu() for k, v in lv.items()} for lv in out.log_variance]
+                features = [None if f is None else f.float().cpu() for f in out.features]
+                parts.append(LoopOutput(iterations, log_var, features, out.exit_step.cpu(), out.ran.cpu()))
+                targets = add_hand_targets(batch)
+                gt2d.append(batch["joints2d"].float())
+                gt3d.append(targets["joints3d_rel"].float())
+                has2d.append(batch["has_2d"].bool())
+                has3d.append(batch["has_3d"].bool())
+                if sum(len(i) for i in images) < keep_images:
+                    images.append(batch["image"][: keep_images - sum(len(i) for i in images)])
+                bar.advance(task)
+    finally:
+        net.train(was_training)
+    if not parts:
+        raise ValueError("evaluation data is empty")
+    return Collected(_cat_outputs(parts), torch.cat(gt2d), torch.cat(gt3d), torch.cat(has2d), torch.cat(has3d),
+                     torch.cat(images), cost)
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One line of the results table: a policy setting and what it achieved.
+
+    Attributes:
+        policy: policy family (``fixed``, ``variance``, ``gate``, ...).
+        setting: its parameter, e.g. ``"loops=3"``, ``"tau_var=0.02"``, ``"tau_gate=1.0"``.
+        mean_loops: mean exit step.
+        mean_gmacs: mean multiply-adds per image, in G (the paper's "GFLOPs").
+        epe2d: mean 2D end-point error, px. epe3d: mean root-relative 3D error, mm.
+        auc2d: 2D PCK AUC. auc3d: 3D PCK AUC over the dataset's range.
+    """
+
+    policy: str
+    setting: str
+    mean_loops: float
+    mean_gmacs: float
+    epe2d: float
+    epe3d: float
+    auc2d: float
+    auc3d: float
+
+
+def _row(policy, setting, col: Collected, exit_step, cfg2d, cfg3d) -> EvalRow:
+    preds2d, preds3d = col.predictions("joints2d"), col.predictions("joints3d")
+    m2 = evaluate_loops(preds2d, col.gt2d, exit_step, col.has_2d, cfg2d).at_exit
+    m3 = evaluate_loops(preds3d, col.gt3d, exit_step, col.has_3d, cfg3d).at_exit if col.has_3d.any() else None
+    macs = col.cost.macs_per_sample(exit_step)
+    return EvalRow(policy, setting, float(exit_step.double().mean()), float(macs.mean()) / 1e9, m2.epe_mean,
+                   m3.epe_mean if m3 else float("nan"), m2.auc, m3.auc if m3 else float("nan"))
+
+
+def variance_thresholds(col: Collected, count: int = 6, outputs=("joints3d",)) -> list[float]:
+    """Thresholds ``tau_var`` spread over the observed mean predicted variances (quantiles of loop 0..L-1)."""
+    policy = recurnet.VarianceThreshold(0.0, outputs=outputs)
+    values = torch.cat([policy.mean_variance(lv) for lv in col.output.log_variance[:-1]]) if \
+        col.output.num_iterations > 1 else torch.zeros(0)
+    if values.numel() == 0:
+        return []
+    qs = torch.linspace(0.1, 0.9, count, dtype=torch.float64)
+    return sorted({float(f"{v:.3g}") for v in torch.quantile(values.double(), qs).tolist()})
+
+
+def evaluate_policies(col: Collected, policies: Mapping[str, Mapping[str, recurnet.ExitPolicy]],
+                      cfg2d: EvalConfig, cfg3d: EvalConfig, *, seed: int = 0) -> list[EvalRow]:
+    """Rows for every fixed loop count and every given policy setting.
+
+    Args:
+        col: the collected pass.
+        policies: family -> setting label -> policy, e.g. ``{"gate": {"tau_gate=1": gate}}``.
+        cfg2d: 2D evaluation settings. cfg3d: 3D evaluation settings.
+        seed: seed of the generator handed to stochastic policies (one per setting).
+    """
+    n = col.gt2d.shape[0]
+    rows = [_row("fixed", f"loops={l}", col, torch.full((n,), l, dtype=torch.long), cfg2d, cfg3d)
+            for l in range(col.output.num_iterations)]
+    for family, settings in policies.items():
+        for label, policy in settings.items():
+            gen = torch.Generator().manual_seed(seed)
+            steps = recurnet.simulate_exits(col.output, policy, cost=col.cost, generator=gen)
+            rows.append(_row(family, label, col, steps, cfg2d, cfg3d))
+    return rows
+
+
+_HEADERS = {
+    "policy": "policy", "setting": "setting", "mean_loops": "mean loops", "mean_gmacs": "mean GMACs",
+    "epe2d": "2D EPE (px)", "epe3d": "3D EPE (mm)", "auc2d": "2D AUC", "auc3d": "3D AUC",
+}
+
+
+def rows_to_markdown(rows: Iterable[EvalRow]) -> str:
+    """A markdown table of :class:`EvalRow` (GMACs = giga multiply-adds, the paper's "GFLOPs")."""
+    names = [f.name for f in fields(EvalRow)]
+    lines = ["| " + " | ".join(_HEADERS[n] for n in names) + " |", "|" + "---|" * len(names)]
+    for r in rows:
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in (getattr(r, n) for n in names)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_rows(rows: Iterable[EvalRow], path: str | os.PathLike) -> None:
+    """Write rows as CSV (``.csv``) or markdown (anything else), atomically."""
+    rows = list(rows)
+    path = os.fspath(path)
+    if path.endswith(".csv"):
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in fields(EvalRow)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+        text = buf.getvalue()
+    else:
+        text = rows_to_markdown(rows) + "\n"
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def per_loop_metrics(col: Collected, cfg2d: EvalConfig, cfg3d: EvalConfig):
+    """``(2D, 3D)`` :class:`recurnet_hand.metrics.LoopMetrics` of every iteration."""
+    return (evaluate_loops(col.predictions("joints2d"), col.gt2d, None, col.has_2d, cfg2d),
+            evaluate_loops(col.predictions("joints3d"), col.gt3d, None, col.has_3d, cfg3d))
+
+
+def mean_pose_baseline(train_rel3d: torch.Tensor, col: Collected, cfg3d: EvalConfig):
+    """3D metrics of predicting the training set's mean root-relative pose for every test sample."""
+    mean = train_rel3d.mean(dim=0, keepdim=True).expand_as(col.gt3d)
+    ev = PoseEvaluator(cfg3d)
+    ev.update(mean, col.gt3d, col.has_3d)
+    return ev.compute()
+
