@@ -174,8 +174,8 @@ class ManoPoseHead(nn.Module):
         p = self.fc(pooled)
         pose, shape, rot6d, trans, raw_scale = torch.split(p, [self.num_pose, 10, 6, 2, 1], dim=1)
         rotation = rotation_6d_to_matrix(rot6d + self.identity_6d)
-        hand = self.mano(torch.zeros_like(p[:, :3]), pose, shape)
-        joints = (hand.joints - hand.joints[:, :1]) * 1000.0  # root-relative, millimetres
+        hand = self.mano.joints(torch.zeros_like(p[:, :3]), pose, shape)
+        joints = (hand - hand[:, :1]) * 1000.0  # root-relative, millimetres
         joints3d = joints @ rotation.transpose(1, 2)
         scale, translation = self.camera(raw_scale.squeeze(1), trans)
         joints2d = weak_perspective(joints3d, scale, translation)

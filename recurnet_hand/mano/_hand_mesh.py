@@ -19,7 +19,7 @@ Right hand, metres: wrist centre at the origin, fingers along +x, palm facing
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -147,12 +147,12 @@ class _Builder:
         return len(self.pos) - 1
 
     def quad(self, a: int, b: int, c: int, d: int) -> None:
-        """Counter-clockwise quad ``a b c d``, split along its shorter diagonal."""
-        p = self.pos
-        if np.linalg.norm(p[a] - p[c]) <= np.linalg.norm(p[b] - p[d]):
-            self.tris += [(a, b, c), (a, c, d)]
-        else:
-            self.tris += [(a, b, d), (b, c, d)]
+        """Counter-clockwise quad ``a b c d``, split along ``a c``.
+
+        The split never depends on vertex positions, so every proportion (seed) shares one
+        face array, as MANO models do.
+        """
+        self.tris += [(a, b, c), (a, c, d)]
 
 
 # --------------------------------------------------------------------------- palm
@@ -293,7 +293,7 @@ def _build_finger(
     arcs, radii = _ring_arcs(scaled)
     n = spec.ring_size
     if len(loop) != n:
-        raise AssertionError(f"hole loop of {len(loop)} vertices for a tube of ring size {n}")
+        raise ValueError(f"finger ring_size {n} does not match its palm hole of {len(loop)} vertices")
 
     # Frame at the base: e1 towards the back of the hand, e2 = t x e1.
     e1 = _unit(np.array([0.0, 1.0, 0.0]) - base_dir * base_dir[1])
@@ -363,20 +363,35 @@ def build_hand_mesh(palm: PalmSpec, fingers: tuple[FingerSpec, ...]) -> HandMesh
     used = np.zeros(len(b.pos), dtype=bool)
     used[faces.ravel()] = True
     new_id = np.cumsum(used) - 1
-    remap = lambda ids_: new_id[np.asarray(ids_)]  # noqa: E731
-    geoms = [
-        FingerGeometry(
-            g.base, g.base_dir, g.joints, g.joint_arcs, remap(g.base_ring),
-            (remap(g.joint_rings[0]), remap(g.joint_rings[1])), int(new_id[g.tip]),
-        )
-        for g in geoms
-    ]
-    return HandMesh(
-        vertices=np.array(b.pos)[used],
-        faces=new_id[faces],
-        part=np.array(b.part)[used],
-        arc=np.array(b.arc)[used],
-        axis_point=np.array(b.axis)[used],
-        wrist_ring=remap(wrist_loop),
+    mesh = HandMesh(
+        vertices=np.array(b.pos),
+        faces=faces,
+        part=np.array(b.part),
+        arc=np.array(b.arc),
+        axis_point=np.array(b.axis),
+        wrist_ring=np.array(wrist_loop),
         fingers=tuple(geoms),
+    )
+    return renumbered(mesh, np.flatnonzero(used), new_id)
+
+
+def renumbered(mesh: HandMesh, order: np.ndarray, new_id: np.ndarray) -> HandMesh:
+    """Keep vertices ``order`` (old ids, in their new order); ``new_id[old]`` gives each kept vertex's new id."""
+    fingers = tuple(
+        replace(
+            g,
+            base_ring=new_id[g.base_ring],
+            joint_rings=(new_id[g.joint_rings[0]], new_id[g.joint_rings[1]]),
+            tip=int(new_id[g.tip]),
+        )
+        for g in mesh.fingers
+    )
+    return HandMesh(
+        vertices=mesh.vertices[order],
+        faces=new_id[mesh.faces],
+        part=mesh.part[order],
+        arc=mesh.arc[order],
+        axis_point=mesh.axis_point[order],
+        wrist_ring=new_id[mesh.wrist_ring],
+        fingers=fingers,
     )

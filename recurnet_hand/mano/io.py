@@ -140,7 +140,13 @@ def load_mano(path: str | os.PathLike, side: str | None = None) -> ManoAssets:
     arrays = {}
     for key in _SHAPES:
         if key in raw:
-            arrays[key] = _resolve(raw[key], f"{path}: key {key!r}")
+            where = f"{path}: key {key!r}"
+            try:
+                arrays[key] = _resolve(raw[key], where)
+            except ManoFormatError:
+                raise
+            except (IndexError, ValueError, TypeError) as err:  # e.g. Select indices out of range
+                raise ManoFormatError(f"{where}: cannot rebuild the array: {err}") from err
         elif key not in _OPTIONAL_KEYS:
             raise ManoFormatError(f"{path}: missing key {key!r}")
     arrays = _validated(arrays, str(path))

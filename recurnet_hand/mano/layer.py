@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import smplx
+import smplx.lbs
 import torch
 from smplx.utils import Struct
 from torch import Tensor, nn
@@ -47,7 +48,9 @@ class ManoLayer(nn.Module):
 
     Wraps ``smplx.MANO`` built from in-memory :class:`ManoAssets` (no file is
     written). The layer holds no learnable parameters and no per-call state; all
-    pose and shape parameters are forward arguments.
+    pose and shape parameters are forward arguments. Its buffers (the MANO arrays,
+    ``faces``) are non-persistent: ``state_dict()`` is empty, so checkpoints of models
+    that contain the layer neither ship nor override the user's MANO data.
 
     Coordinates are metres in the model frame. The global rotation acts about the
     wrist joint (joint 0); with ``root_relative=False`` the outputs stay where the
@@ -116,6 +119,11 @@ class ManoLayer(nn.Module):
                 create_body_pose=False,
                 dtype=dtype,
             )
+        # The arrays come from the MANO file (licensed, user-supplied): keep them out of state_dict
+        # so model checkpoints neither carry nor override them.
+        for module in self.smplx_model.modules():
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                module.register_buffer(name, buffer, persistent=False)
         self.register_buffer("faces", torch.tensor(np.array(assets.f), dtype=torch.long), persistent=False)
         self.register_buffer("_to_hand21", torch.as_tensor(MANO_TO_HAND21, dtype=torch.long), persistent=False)
 
@@ -191,6 +199,58 @@ class ManoLayer(nn.Module):
             root = joints[:, :1]
             vertices, joints = vertices - root, joints - root
         return ManoOutput(vertices=vertices, joints=joints, faces=self.faces)
+
+    def _joint_model(self) -> dict[str, Tensor]:
+        """Arrays of a 21-point stand-in mesh: the 16 rest joints and the 5 tip vertices.
+
+        Joints depend on the mesh only through ``J_regressor @ v_shaped``, which is linear in
+        ``betas``; regressing the template and the shape directions once gives 16 "vertices"
+        that sit exactly on the rest joints. With the 5 tips appended, smplx's ``lbs`` run on
+        these 21 points yields the posed joints without skinning the other 773 vertices.
+        """
+        m = self.smplx_model
+        key = (m.v_template.device, m.v_template.dtype)
+        cached = self.__dict__.get("_joint_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        tips = self.tip_vertex_ids
+        n_joints = m.J_regressor.shape[0]
+        j_template = m.J_regressor @ m.v_template
+        j_shapedirs = torch.einsum("jv,vcs->jcs", m.J_regressor, m.shapedirs)
+        posedirs = m.posedirs.view(m.posedirs.shape[0], -1, 3)
+        arrays = {
+            "v_template": torch.cat([j_template, m.v_template[tips]]),
+            "shapedirs": torch.cat([j_shapedirs, m.shapedirs[tips]]),
+            "posedirs": torch.cat([torch.zeros_like(posedirs[:, :n_joints]), posedirs[:, tips]], dim=1).flatten(1),
+            "J_regressor": torch.cat([torch.eye(n_joints), torch.zeros(n_joints, len(tips))], dim=1).to(j_template),
+            "lbs_weights": torch.cat([torch.eye(n_joints).to(j_template), m.lbs_weights[tips]]),
+        }
+        self.__dict__["_joint_cache"] = (key, arrays)
+        return arrays
+
+    def joints(self, global_orient: Tensor, hand_pose: Tensor, betas: Tensor | None = None) -> Tensor:
+        """Only the 21 joints ``(B, 21, 3)`` (metres), much cheaper than :meth:`forward`.
+
+        Same arguments and result as ``forward(...).joints``; smplx's ``lbs`` runs on the
+        16 rest joints and the 5 fingertip vertices instead of the whole mesh.
+        """
+        m = self.smplx_model
+        ref = m.v_template
+        batch = _check_shape("global_orient", global_orient, None, 3)
+        _check_shape("hand_pose", hand_pose, batch, self.num_pose_params)
+        if betas is None:
+            betas = torch.zeros(batch, NUM_BETAS, dtype=ref.dtype, device=ref.device)
+        _check_shape("betas", betas, batch, NUM_BETAS)
+        pose = hand_pose.to(ref)
+        if self.use_pca:  # the same expansion smplx.MANO.forward applies
+            pose = pose @ m.hand_components
+        full_pose = torch.cat([global_orient.to(ref), pose], dim=1) + m.pose_mean
+        a = self._joint_model()
+        points, rest_joints = smplx.lbs.lbs(betas.to(ref), full_pose, a["v_template"], a["shapedirs"], a["posedirs"],
+                                            a["J_regressor"], m.parents, a["lbs_weights"])
+        n_joints = rest_joints.shape[1]
+        joints = torch.cat([rest_joints, points[:, n_joints:]], dim=1).index_select(1, self._to_hand21)
+        return joints - joints[:, :1] if self.root_relative else joints
 
     def extra_repr(self) -> str:
         return (

@@ -13,11 +13,13 @@ middle fingertip. The left hand is the mirror image (x -> -x).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 from smplx.vertex_ids import vertex_ids as _SMPLX_VERTEX_IDS
 
-from recurnet_hand.mano._hand_mesh import FingerSpec, HandMesh, PalmSpec, build_hand_mesh
-from recurnet_hand.mano.io import NUM_BETAS, NUM_KINEMATIC_JOINTS, NUM_POSE_BASIS, ManoAssets
+from recurnet_hand.mano._hand_mesh import FingerSpec, HandMesh, PalmSpec, build_hand_mesh, renumbered
+from recurnet_hand.mano.io import NUM_KINEMATIC_JOINTS, NUM_POSE_BASIS, ManoAssets
 
 __all__ = ["synthetic_mano_assets", "SHAPE_DIRECTIONS", "POSE_COMPONENTS"]
 
@@ -170,27 +172,12 @@ def _with_tips_at_smplx_ids(mesh: HandMesh) -> HandMesh:
     order[order < 0] = np.setdiff1d(np.arange(n), tips)  # old id of each new slot
     new_id = np.empty(n, dtype=np.int64)
     new_id[order] = np.arange(n)
-    fingers = tuple(
-        type(g)(
-            g.base, g.base_dir, g.joints, g.joint_arcs, new_id[g.base_ring],
-            (new_id[g.joint_rings[0]], new_id[g.joint_rings[1]]), int(new_id[g.tip]),
-        )
-        for g in mesh.fingers
-    )
-    return HandMesh(
-        mesh.vertices[order], new_id[mesh.faces], mesh.part[order], mesh.arc[order],
-        mesh.axis_point[order], new_id[mesh.wrist_ring], fingers,
-    )
+    return renumbered(mesh, order, new_id)
 
 
 def _translated(mesh: HandMesh, offset: np.ndarray) -> HandMesh:
-    fingers = tuple(
-        type(g)(g.base + offset, g.base_dir, g.joints + offset, g.joint_arcs, g.base_ring, g.joint_rings, g.tip)
-        for g in mesh.fingers
-    )
-    return HandMesh(
-        mesh.vertices + offset, mesh.faces, mesh.part, mesh.arc, mesh.axis_point + offset, mesh.wrist_ring, fingers
-    )
+    fingers = tuple(replace(g, base=g.base + offset, joints=g.joints + offset) for g in mesh.fingers)
+    return replace(mesh, vertices=mesh.vertices + offset, axis_point=mesh.axis_point + offset, fingers=fingers)
 
 
 # --------------------------------------------------------------------------- rigging
