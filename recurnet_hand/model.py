@@ -95,11 +95,13 @@ class DIRNetConfig:
         return asdict(self)
 
 
-#: Named configurations. ``stb`` and ``fpha`` are the paper's models; ``tiny`` is a
-#: small, fast variant for CPU demos and tests.
+#: Named configurations. ``stb`` and ``fpha`` are the paper's models. ``cpu`` is the FPHA
+#: model on 128 px crops with 3 loops, sized to train on a laptop CPU in minutes (the
+#: default of ``recurnet-hand train``); ``tiny`` is a very small variant for tests and demos.
 PRESETS: dict[str, DIRNetConfig] = {
     "stb": DIRNetConfig(name="stb", width=32, fc=512),
     "fpha": DIRNetConfig(name="fpha", width=16, fc=256),
+    "cpu": DIRNetConfig(name="cpu", width=16, fc=256, max_loops=3, crop_size=128),
     "tiny": DIRNetConfig(name="tiny", width=8, fc=64, max_loops=3, crop_size=96, uncertainty_hidden=32),
 }
 

@@ -1,0 +1,328 @@
+"""Run configuration: frozen dataclasses, read from YAML only here.
+
+A run is described by one :class:`RunConfig`: the model (:class:`DIRNetConfig`),
+the data, the loss weights, the training schedule and the gate. It is written
+as ``config.yaml`` next to every run's outputs and stored in its checkpoints.
+YAML files may give any subset of the fields; unknown keys are errors that name
+the key and the file.
+
+Example ``run.yaml``::
+
+    model: {preset: fpha, max_loops: 3}
+    data: {dataset: fpha, root: /data/FPHA}
+    train: {protocol: progressive, epochs: 50, loop_epochs: 20, batch_size: 64}
+    gate: {enabled: true, temperatures: [0.5, 1, 2]}
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recurnet.training import EndToEnd, Progressive
+
+from .losses import LossConfig
+from .model import PRESETS, DIRNetConfig, preset
+
+__all__ = [
+    "DataConfig",
+    "ScheduleConfig",
+    "GateSettings",
+    "RunConfig",
+    "ConfigError",
+    "load_config",
+    "save_config",
+    "config_from_dict",
+    "config_to_dict",
+    "with_overrides",
+]
+
+PROTOCOL_NAMES = ("progressive", "end-to-end")
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is invalid; the message names the key (and file)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data a run trains and evaluates on.
+
+    Attributes:
+        dataset: ``synthetic`` (default; rendered offline), ``stb`` or ``fpha``.
+        root: data root of a real dataset; for ``synthetic``, the cache folder (None: ``<out_dir>/data``).
+        mix: a 2D-only dataset mixed into training (``panoptic``, as the paper does for STB).
+        mix_root: its data root.
+        train_samples: synthetic training images.
+        test_samples: synthetic test images.
+        augment: augment real training data.
+        workers: processes for rendering and data loading.
+    """
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    mix: str | None = None
+    mix_root: str | None = None
+    train_samples: int = 4000
+    test_samples: int = 500
+    augment: bool = True
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """How the network is trained (paper section 6: ``epochs=50, loop_epochs=20, lr=1e-3``).
+
+    Attributes:
+        protocol: ``progressive`` (Algorithm 1) or ``end-to-end``.
+        epochs: epochs of phase 0 (progressive) ...
+        loop_epochs: ... and of every later phase; end-to-end trains the same total.
+        batch_size: samples per step and process.
+        lr: base learning rate.
+        weight_decay: Adam weight decay.
+        schedule: ``constant`` or ``cosine`` within each phase.
+        grad_clip: gradient-norm clip (None: off).
+    """
+
+    protocol: str = "progressive"
+    epochs: int = 12
+    loop_epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    grad_clip: float | None = 10.0
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOL_NAMES:
+            raise ConfigError(f"train.protocol must be one of {PROTOCOL_NAMES}, got {self.protocol!r}")
+
+    def build(self, max_loops: int):
+        """The :mod:`recurnet.training` protocol object for a network with ``max_loops``."""
+        phases = (self.epochs,) + (self.loop_epochs,) * max_loops
+        if self.protocol == "progressive":
+            return Progressive(phases)
+        return EndToEnd(sum(phases))
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """Training and sweeping the learned exit gate (paper section 4.2).
+
+    Attributes:
+        enabled: train a gate after the network.
+        epochs: passes of policy gradient over the stored rollouts.
+        loss_scale: ``lambda`` of Eq. 11 (task loss against GMACs).
+        hidden: hidden width of the gate.
+        temperatures: ``tau_gate`` values swept at evaluation.
+        variance_thresholds: how many ``tau_var`` values to sweep (spread over observed variances).
+    """
+
+    enabled: bool = True
+    epochs: int = 40
+    loss_scale: float = 1.0
+    hidden: int = 64
+    temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
+    variance_thresholds: int = 6
+
+
+def _default_model() -> DIRNetConfig:
+    return PRESETS["cpu"]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run.
+
+    Attributes:
+        model: the DIR-Net architecture (YAML: ``preset: name`` plus field overrides).
+        data: :class:`DataConfig`.
+        loss: :class:`recurnet_hand.losses.LossConfig`.
+        train: :class:`ScheduleConfig`.
+        gate: :class:`GateSettings`.
+        seed: seeds data order, initialisation and the synthetic data.
+        device: ``auto``, ``cpu``, ``cuda``, ...
+        out_dir: where checkpoints, metrics, tables and plots go.
+    """
+
+    model: DIRNetConfig = field(default_factory=_default_model)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: ScheduleConfig = field(default_factory=ScheduleConfig)
+    gate: GateSettings = field(default_factory=GateSettings)
+    seed: int = 0
+    device: str = "auto"
+    out_dir: str = "runs/dirnet"
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), as written to YAML and checkpoints."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(asdict(config))
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value, hint, where: str):
+    """Check and convert a YAML value to the annotated type (ints to floats, lists to tuples)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _section(cls, data: Any, where: str, base=None):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(data).__name__}")
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    values = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return replace(base, **values) if base is not None else cls(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def _model(data: Any, where: str, base: DIRNetConfig) -> DIRNetConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data)
+    name = data.pop("preset", None)
+    if name is not None:
+        try:
+            base = preset(name)
+        except ValueError as err:
+            raise ConfigError(f"{where}.preset: {err}") from None
+    return _section(DIRNetConfig, data, where, base)
+
+
+_SECTIONS = {"data": DataConfig, "loss": LossConfig, "train": ScheduleConfig, "gate": GateSettings}
+
+
+def config_from_dict(data: Any, *, source: str = "config", base: RunConfig | None = None) -> RunConfig:
+    """Build a :class:`RunConfig` from nested plain data, on top of ``base`` (default: the defaults).
+
+    Raises:
+        ConfigError: naming the first unknown key or badly typed value, prefixed with ``source``.
+    """
+    base = base or RunConfig()
+    if data is None:
+        return base
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known: {[f.name for f in fields(RunConfig)]}")
+    values: dict[str, Any] = {}
+    if "model" in data:
+        values["model"] = _model(data["model"], f"{source}: model", base.model)
+    for key, cls in _SECTIONS.items():
+        if key in data:
+            values[key] = _section(cls, data[key], f"{source}: {key}", getattr(base, key))
+    hints = _hints(RunConfig)
+    for key in ("seed", "device", "out_dir"):
+        if key in data:
+            values[key] = _coerce(data[key], hints[key], f"{source}: {key}")
+    return replace(base, **values)
+
+
+def load_config(path: str | os.PathLike, *, base: RunConfig | None = None) -> RunConfig:
+    """Read a YAML run configuration.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ConfigError: invalid YAML or an invalid key/value (naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    return config_from_dict(data, source=str(path), base=base)
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as fh:
+        yaml.safe_dump(config_to_dict(config), fh, sort_keys=False)
+    os.replace(tmp, path)
+    return path
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Apply dotted overrides such as ``{"train.epochs": 5, "model.preset": "fpha"}`` (None values skipped).
+
+    Examples:
+        >>> with_overrides(RunConfig(), {"train.epochs": 2, "model.max_loops": 1}).train.epochs
+        2
+    """
+    nested: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        head, _, tail = key.partition(".")
+        if tail:
+            nested.setdefault(head, {})[tail] = value
+        else:
+            nested[head] = value
+    # A preset switch must come before field overrides of the same section.
+    if "model" in nested and "preset" in nested["model"]:
+        nested["model"] = {"preset": nested["model"].pop("preset"), **nested["model"]}
+    return config_from_dict(nested, source="options", base=config)
+
+
