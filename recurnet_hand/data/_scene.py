@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from scipy.spatial.transform import Rotation
 
-from ..joints import MANO_TO_HAND21
+from ..joints import MANO_TO_HAND21, PARENTS
 from .render import DirectionalLight, render_mesh, vertex_normals
 
 __all__ = ["GENERATOR_VERSION", "HandRig", "HandScene", "render_scene"]
@@ -44,14 +44,14 @@ _FLEX_LIMITS = np.array([
 ])
 # Largest sideways (ab/adduction) rotation at the base joint of each finger (radians).
 _ABDUCTION = np.array([0.5, 0.25, 0.12, 0.2, 0.35])
-_BETA_CLIP = 2.0
+_BETA_CLIP = 2.0  # betas ~ N(0, 1) clipped to +-2
 
 
 @dataclass(frozen=True, eq=False)
 class HandRig:
     """Rest-pose facts about one MANO model that the scene sampler needs.
 
-    Built once per model by :meth:`from_layer` (a forward pass at zero pose and mean shape).
+    Built once per model by :meth:`from_joints` from a forward pass at zero pose and mean shape.
 
     Attributes:
         faces: ``(F, 3)`` int64 mesh faces.
@@ -62,6 +62,9 @@ class HandRig:
         rest_vertices: ``(V, 3)`` metres, root-relative rest shape (texture coordinates).
         pose_joint: ``(5, 3)`` int, row of MANO's 15-joint pose vector for (finger, joint).
         is_right: handedness of the model.
+        bone: ``(V,)`` int, child joint of the finger bone nearest to each vertex at rest, or
+            ``-1`` for vertices nearer the palm bones.
+        bone_dist: ``(V,)`` metres, rest distance from each vertex to that bone.
     """
 
     faces: np.ndarray
@@ -71,6 +74,8 @@ class HandRig:
     rest_vertices: np.ndarray
     pose_joint: np.ndarray
     is_right: bool
+    bone: np.ndarray
+    bone_dist: np.ndarray
 
     @classmethod
     def from_joints(cls, vertices: np.ndarray, joints: np.ndarray, faces: np.ndarray, is_right: bool) -> HandRig:
@@ -96,7 +101,19 @@ class HandRig:
         palmness = np.clip(normals @ palm * 1.5 + 0.5, 0.0, 1.0)
         # MANO's pose vector holds joints 1..15 of its own order; the project order maps there.
         pose_joint = np.array([[MANO_TO_HAND21[1 + 4 * f + s] - 1 for s in range(3)] for f in range(5)])
-        return cls(np.asarray(faces, np.int64), axes, palm, palmness, centred, pose_joint, bool(is_right))
+        children = np.arange(1, 21)
+        dist = _bone_distance(vertices[:, None], joints, children[None])  # (V, 20)
+        nearest = children[dist.argmin(1)]
+        bone = np.where(nearest % 4 == 1, -1, nearest)  # children 1, 5, .. end wrist-to-base bones
+        return cls(np.asarray(faces, np.int64), axes, palm, palmness, centred, pose_joint, bool(is_right),
+                   bone, dist.min(1))
+
+    def finger_thickness(self, vertices: np.ndarray, joints: np.ndarray) -> np.ndarray:
+        """``(5,)`` median distance of each finger's surface to its bones, relative to the rest shape."""
+        has = self.bone >= 0
+        ratio = _bone_distance(vertices[has], joints, self.bone[has]) / np.maximum(self.bone_dist[has], 1e-6)
+        finger = (self.bone[has] - 1) // 4
+        return np.array([np.median(ratio[finger == f]) for f in range(5)])
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +133,13 @@ class HandScene:
     joints2d: np.ndarray
     K: np.ndarray
     mask: np.ndarray
+
+
+def _bone_distance(points: np.ndarray, joints: np.ndarray, child: np.ndarray) -> np.ndarray:
+    """Distance from ``points`` to the bone segment parent(child) -> child (broadcasting)."""
+    a, b = joints[np.asarray(PARENTS)[child]], joints[child]
+    t = np.clip(np.sum((points - a) * (b - a), -1) / np.sum((b - a) ** 2, -1), 0.0, 1.0)
+    return np.linalg.norm(points - (a + t[..., None] * (b - a)), axis=-1)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -165,7 +189,7 @@ def _global_rotation(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
     """
     kind = rng.choice(3, p=[0.4, 0.4, 0.2])
     if kind == 2:
-        return Rotation.random(random_state=rng).as_matrix() @ frame.T
+        return Rotation.from_quat(rng.normal(size=4)).as_matrix() @ frame.T  # uniform over SO(3)
     normal = np.array([0.0, 0.0, -1.0 if kind == 0 else 1.0])
     up = np.array([0.0, -1.0, 0.0])
     target = np.column_stack([np.cross(up, normal), up, normal])
@@ -175,11 +199,15 @@ def _global_rotation(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
     return (roll * tilt).as_matrix() @ target @ frame.T
 
 
-def _forearm(rng, joints, frame, length=0.24, sides=14):
-    """A tapered elliptic tube from inside the wrist away from the fingers (hand frame, metres).
+def _forearm(rng, joints, frame, R, t, tone, sides=14):
+    """A tapered elliptic tube from inside the wrist away from the fingers, camera frame (metres).
 
-    Returns vertices ``(2 * sides * rings, 3)`` , faces and the distance along the arm of each
-    vertex (for sleeve colouring).
+    Bent at the wrist by a random flexion/deviation, 24 cm long unless it points at the
+    camera (then shortened so it stays beyond 70% of the wrist's depth); half of the arms
+    wear a sleeve starting 2-15 cm from the wrist.
+
+    Returns:
+        vertices ``(rings * sides, 3)``, faces ``(2 * sides * (rings - 1), 3)``, colours ``(rings * sides, 3)``.
     """
     across, up, normal = frame.T
     bend = Rotation.from_rotvec(across * rng.uniform(-0.5, 0.5)) * Rotation.from_rotvec(normal * rng.uniform(-0.3, 0.3))
@@ -187,17 +215,25 @@ def _forearm(rng, joints, frame, length=0.24, sides=14):
     a_w = _unit(bend.apply(across))
     a_t = _unit(np.cross(axis, a_w))
     width = 0.5 * np.linalg.norm(joints[5] - joints[17]) * rng.uniform(0.9, 1.05)
-    along = np.array([-0.015, 0.0, 0.04, 0.1, length])
+    sleeve = rng.uniform(0.02, 0.15) if rng.random() < 0.5 else np.inf
+    cloth = np.array(_random_colour(rng)) / 255.0
+    towards_camera = -(R @ axis)[2]
+    length = 0.24 if towards_camera <= 0 else float(np.clip(0.3 * t[2] / towards_camera, 0.05, 0.24))
+    # Rings 1.5 cm inside the hand (hiding the wrist opening) to the elbow end; two close rings
+    # give the sleeve a sharp edge.
+    along = np.array([-0.015, 0.0, 0.2 * length, 0.45 * length, length])
+    if sleeve < length:
+        along = np.sort(np.r_[along, sleeve, sleeve + 0.002])
     scale = np.interp(along, [0.0, length], [1.0, 1.3])
     theta = np.linspace(0, 2 * np.pi, sides, endpoint=False)
     ring = np.cos(theta)[:, None] * a_w * width + np.sin(theta)[:, None] * a_t * width * 0.62
     verts = (joints[0] + along[:, None, None] * axis + scale[:, None, None] * ring).reshape(-1, 3)
-    faces = []
-    for r in range(len(along) - 1):
-        for k in range(sides):
-            a, b = r * sides + k, r * sides + (k + 1) % sides
-            faces += [(a, b, b + sides), (a, b + sides, a + sides)]
-    return verts, np.array(faces), np.repeat(along, sides)
+    k = np.arange(sides)
+    quads = [(r * sides + k, r * sides + (k + 1) % sides) for r in range(len(along) - 1)]
+    faces = np.concatenate([np.stack([np.c_[a, b, b + sides], np.c_[a, b + sides, a + sides]], 1).reshape(-1, 3)
+                            for a, b in quads])
+    colours = np.where((np.repeat(along, sides) > sleeve + 0.001)[:, None], cloth, tone)
+    return verts @ R.T + t, faces, colours
 
 
 def _skin(rng, rig: HandRig):
@@ -215,47 +251,69 @@ def _skin(rng, rig: HandRig):
 
 
 def _random_colour(rng, skin_like: bool = False) -> tuple[int, int, int]:
+    """An RGB colour (0-255): skin-like, or random with half of them muted towards grey."""
     if skin_like:
         c = _SKIN_TONES[rng.integers(len(_SKIN_TONES))] * rng.uniform(0.85, 1.1)
     else:
         c = rng.random(3) ** rng.uniform(0.5, 2.0)
+        if rng.random() < 0.5:
+            c = c.mean() + (c - c.mean()) * rng.uniform(0.15, 0.7)
     return tuple(int(v) for v in np.clip(c * 255, 0, 255))
 
 
-def _texture(rng, size: int) -> Image.Image:
-    """A smooth value-noise or stripe texture, ``size x size`` RGB."""
+def _texture(rng, width: int, height: int) -> Image.Image:
+    """A smooth value-noise or a stripe texture, RGB ``width x height``."""
     if rng.random() < 0.5:
         cells = int(rng.integers(2, 14))
         grid = (rng.random((cells, cells, 3)) * 255).astype(np.uint8)
-        return Image.fromarray(grid).resize((size, size), Image.Resampling.BICUBIC)
-    yy, xx = np.mgrid[0:size, 0:size]
+        return Image.fromarray(grid).resize((width, height), Image.Resampling.BICUBIC)
     angle, period = rng.uniform(0, np.pi), rng.uniform(4, 40)
-    wave = 0.5 + 0.5 * np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
-    c0, c1 = np.array(_random_colour(rng)), np.array(_random_colour(rng))
-    return Image.fromarray((c0 + wave[..., None] * (c1 - c0)).astype(np.uint8))
+    phase = np.arange(width)[None, :] * np.cos(angle) + np.arange(height)[:, None] * np.sin(angle)
+    stripe = (np.sin(phase * (2 * np.pi / period)) > 0).astype(np.uint8)
+    palette = np.array([_random_colour(rng), _random_colour(rng)], dtype=np.uint8)
+    return Image.fromarray(palette[stripe])
 
 
 def _draw_shape(rng, canvas: Image.Image, centre, radius: float) -> None:
     """Draw one filled ellipse, polygon or thick line at ``centre`` (px), plain or textured."""
-    size = canvas.size[0]
-    mask = Image.new("L", canvas.size, 0)
-    draw = ImageDraw.Draw(mask)
     kind = rng.integers(3)
     cx, cy = centre
     if kind == 0:
         rx, ry = radius * rng.uniform(0.4, 1.0, 2)
-        draw.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
+        points, width = [(cx - rx, cy - ry), (cx + rx, cy + ry)], 0
     elif kind == 1:
         n = int(rng.integers(3, 7))
         ang = np.sort(rng.uniform(0, 2 * np.pi, n))
         rad = radius * rng.uniform(0.4, 1.0, n)
-        draw.polygon([(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(ang, rad)], fill=255)
+        points, width = [(cx + r * np.cos(a), cy + r * np.sin(a)) for a, r in zip(ang, rad)], 0
     else:
         a = rng.uniform(0, np.pi)
         dx, dy = radius * np.cos(a), radius * np.sin(a)
-        draw.line([cx - dx, cy - dy, cx + dx, cy + dy], fill=255, width=max(2, int(radius * rng.uniform(0.1, 0.4))))
-    fill = _texture(rng, size) if rng.random() < 0.35 else Image.new("RGB", canvas.size, _random_colour(rng, rng.random() < 0.2))
-    canvas.paste(fill, (0, 0), mask)
+        points, width = [(cx - dx, cy - dy), (cx + dx, cy + dy)], max(2, int(radius * rng.uniform(0.1, 0.4)))
+    textured = rng.random() < 0.35
+
+    def draw(target: Image.Image, shift, fill) -> None:
+        pts = [(x - shift[0], y - shift[1]) for x, y in points]
+        d = ImageDraw.Draw(target)
+        if kind == 0:
+            d.ellipse(pts, fill=fill)
+        elif kind == 1:
+            d.polygon(pts, fill=fill)
+        else:
+            d.line(pts, fill=fill, width=width)
+
+    if not textured:
+        draw(canvas, (0, 0), _random_colour(rng, rng.random() < 0.2))
+        return
+    # Textures only over the shape's bounding box (clipped to the canvas): much cheaper than full size.
+    xy = np.array(points)
+    x0, y0 = np.maximum(np.floor(xy.min(0) - width), 0).astype(int)
+    x1, y1 = np.minimum(np.ceil(xy.max(0) + width), canvas.size).astype(int)
+    if x1 <= x0 or y1 <= y0:
+        return
+    mask = Image.new("L", (x1 - x0, y1 - y0), 0)
+    draw(mask, (x0, y0), 255)
+    canvas.paste(_texture(rng, x1 - x0, y1 - y0), (int(x0), int(y0)), mask)
 
 
 def _background(rng, size: int) -> Image.Image:
@@ -267,7 +325,7 @@ def _background(rng, size: int) -> Image.Image:
         c0, c1 = np.array(_random_colour(rng)), np.array(_random_colour(rng))
         canvas = Image.fromarray((c0 + ramp[..., None] * (c1 - c0)).astype(np.uint8))
     else:
-        canvas = _texture(rng, size)
+        canvas = _texture(rng, size, size)
     for _ in range(int(rng.integers(4, 21))):
         _draw_shape(rng, canvas, rng.uniform(-0.1, 1.1, 2) * size, size * rng.uniform(0.05, 0.4))
     if rng.random() < 0.5:
@@ -314,23 +372,27 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
     pose = sample_hand_pose(rng, rig)
     betas = np.clip(rng.normal(size=10), -_BETA_CLIP, _BETA_CLIP)
     verts, joints = mano_forward(pose, betas)
+    # Guard against shape spaces where large betas thin fingers to needles (or bloat them):
+    # shrink the shape towards the mean until every finger is 0.5-1.8x its mean thickness.
+    for _ in range(4):
+        thickness = rig.finger_thickness(verts, joints)
+        if np.all((thickness > 0.5) & (thickness < 1.8)):
+            break
+        betas = betas * 0.6
+        verts, joints = mano_forward(pose, betas)
     verts, joints = verts - joints[0], joints - joints[0]
     frame = _hand_frame(joints, rig.is_right)
     R = _global_rotation(rng, frame)
     colours, tone = _skin(rng, rig)
     faces = rig.faces
-    arm_verts = None
-    if rng.random() < 0.85:
-        arm_verts, arm_faces, along = _forearm(rng, joints, frame)
-        sleeve = rng.uniform(0.02, 0.15) if rng.random() < 0.5 else np.inf
-        arm_colours = np.where((along >= sleeve)[:, None], np.array(_random_colour(rng)) / 255.0, tone)
+    has_arm = rng.random() < 0.85
     hand_cam = verts @ R.T
     K, t = _place(rng, hand_cam, size)
     mesh_v, mesh_f, mesh_c = hand_cam + t, faces, colours
-    if arm_verts is not None:
-        mesh_v = np.vstack([mesh_v, arm_verts @ R.T + t])
-        mesh_f = np.vstack([faces, arm_faces + len(verts)])
-        mesh_c = np.vstack([colours, arm_colours])
+    if has_arm:
+        arm_v, arm_f, arm_c = _forearm(rng, joints, frame, R, t, tone)
+        mesh_v, mesh_c = np.vstack([mesh_v, arm_v]), np.vstack([colours, arm_c])
+        mesh_f = np.vstack([faces, arm_f + len(verts)])
     toward = rng.normal(size=3)
     toward[2] = -abs(toward[2]) - 0.5  # mostly from the camera's side
     light = DirectionalLight(toward, intensity=rng.uniform(0.45, 0.85), ambient=rng.uniform(0.2, 0.45),
@@ -344,22 +406,21 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
 
 def _composite(rng, hand: np.ndarray, mask: np.ndarray, background: Image.Image) -> np.ndarray:
     """Blend the hand over the background with soft edges, add occluders and camera noise."""
-    size = mask.shape[0]
     soft = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).filter(ImageFilter.GaussianBlur(0.6)))
-    alpha = np.minimum(mask, np.clip(soft / 255.0 * 1.6, 0.0, 1.0))[..., None]  # only the inner rim blends
-    image = np.asarray(background, dtype=np.float64) / 255.0 * (1.0 - alpha) + hand * alpha
+    # Only the inner rim blends with the background: a cheap stand-in for anti-aliasing.
+    alpha = np.minimum(mask, soft * np.float32(1.6 / 255.0))[..., None].clip(0, 1)
+    image = np.asarray(background, dtype=np.float32) * ((1.0 - alpha) / 255.0) + hand.astype(np.float32) * alpha
     if mask.any() and rng.random() < 0.3:
         ys, xs = np.nonzero(mask)
-        canvas = Image.fromarray((image * 255).astype(np.uint8))
+        canvas = Image.fromarray((image * 255.0 + 0.5).astype(np.uint8))
         extent = max(xs.max() - xs.min(), ys.max() - ys.min())
         for _ in range(int(rng.integers(1, 3))):
             k = rng.integers(len(xs))
             _draw_shape(rng, canvas, (xs[k], ys[k]), extent * rng.uniform(0.12, 0.35))
-        image = np.asarray(canvas, dtype=np.float64) / 255.0
+        image = np.asarray(canvas, dtype=np.float32) / 255.0
     if rng.random() < 0.25:
-        image = np.asarray(Image.fromarray((image * 255).astype(np.uint8)).filter(
-            ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0))), dtype=np.float64) / 255.0
-    image = image * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08)
-    image = np.clip(image, 0.0, 1.0) ** rng.uniform(0.8, 1.25)
-    image = image + rng.normal(0.0, rng.uniform(0.0, 0.025), image.shape)
+        canvas = Image.fromarray((image * 255.0 + 0.5).astype(np.uint8))
+        image = np.asarray(canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0))), dtype=np.float32) / 255.0
+    image = np.clip(image * rng.uniform(0.8, 1.2) + rng.uniform(-0.08, 0.08), 0.0, 1.0) ** rng.uniform(0.8, 1.25)
+    image += rng.standard_normal(image.shape, dtype=np.float32) * rng.uniform(0.0, 0.025)
     return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

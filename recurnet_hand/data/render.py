@@ -17,10 +17,12 @@ Conventions (shared with every dataset in :mod:`recurnet_hand.data`):
   result independent of the mesh's winding convention.
 * Triangles with any vertex at ``Z <= near`` are dropped rather than clipped.
 
-The rasteriser is vectorised over triangles: each triangle's bounding box is
-expanded into candidate pixels, barycentric coverage is tested for a block of
-triangles at once, and the nearest fragment per pixel wins the depth test
-(ties go to the lower face index, so the draw order never matters).
+The rasteriser is vectorised over triangles, in blocks: the rows of each
+triangle's bounding box are cut to the triangle's span on that row, the
+candidate pixels of a whole block of triangles get the barycentric coverage
+test at once, and the nearest fragment per pixel wins the depth test (ties go
+to the lower face index, so the draw order never matters). A 224x224 image of
+a 1538-face hand takes a few milliseconds.
 """
 
 from __future__ import annotations
@@ -146,9 +148,9 @@ def vertex_normals(vertices, faces) -> np.ndarray:
     v = _check("vertices", vertices, (-1, 3))
     f = _check("faces", faces, (-1, 3), np.int64)
     n_face = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])  # length = 2 * area
-    n = np.zeros_like(v)
-    for k in range(3):
-        np.add.at(n, f[:, k], n_face)
+    # Scatter-add each face normal onto its three corners (bincount is the fast scatter-add).
+    corners = f.reshape(-1)
+    n = np.stack([np.bincount(corners, np.repeat(n_face[:, c], 3), minlength=len(v)) for c in range(3)], 1)
     norm = np.linalg.norm(n, axis=1, keepdims=True)
     return np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
 
@@ -212,13 +214,14 @@ def rasterize(vertices, faces, K, image_size, *, cull_backfaces: bool = False, n
     counts = np.where(keep, bw * bh, 0)[ids]
     pieces = []
     start = 0
-    # Blocks of triangles whose bounding boxes hold at most _BLOCK_PIXELS candidates in total
+    # Blocks of triangles whose bounding boxes hold at most _BLOCK_PIXELS pixels in total
     # (a single larger triangle forms its own block).
     cum = np.cumsum(counts)
     while start < len(ids):
         base = cum[start - 1] if start else 0
         stop = max(start + 1, int(np.searchsorted(cum, base + _BLOCK_PIXELS, side="right")))
-        pieces.append(_cover(ids[start:stop], counts[start:stop], xmin, ymin, bw, coef, inv_z, w))
+        block = ids[start:stop]
+        pieces.append(_cover(block, bh[block], p, xmin, xmax, ymin, coef, w))
         start = stop
 
     face_index = np.full(h * w, -1, dtype=np.int64)
@@ -239,20 +242,40 @@ def rasterize(vertices, faces, K, image_size, *, cull_backfaces: bool = False, n
     return Fragments(face_index.reshape(h, w), bary.reshape(h, w, 3), depth.reshape(h, w))
 
 
-def _cover(ids, counts, xmin, ymin, bw, coef, inv_z, width):
-    """Candidate pixels of one block of triangles -> (face, flat pixel, barycentrics) inside."""
-    total = int(counts.sum())
-    tri = np.repeat(ids, counts)
-    local = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
-    row_len = bw[tri]
-    px = xmin[tri] + local % row_len
-    py = ymin[tri] + local // row_len
-    c = coef[tri]  # (N, 3, 3)
-    lam = c[:, :, 0] * px[:, None] + c[:, :, 1] * py[:, None] + c[:, :, 2]
+def _cover(ids, rows, p, xmin, xmax, ymin, coef, width):
+    """Pixels covered by one block of triangles -> (face, flat pixel index, barycentrics).
+
+    Each bounding-box row is first cut to the triangle's span on that row (where the
+    row's centre line crosses the edges, widened by a hair), so only pixels on or next
+    to the triangle get the exact barycentric test.
+    """
+    tri = np.repeat(ids, rows)
+    y = ymin[tri] + np.arange(len(tri)) - np.repeat(np.cumsum(rows) - rows, rows)
+    pts = p[tri]  # (R, 3, 2)
+    lo = np.full(len(tri), np.inf)
+    hi = np.full(len(tri), -np.inf)
+    for a, b in ((0, 1), (1, 2), (2, 0)):
+        xa, ya, xb, yb = pts[:, a, 0], pts[:, a, 1], pts[:, b, 0], pts[:, b, 1]
+        crosses = (np.minimum(ya, yb) <= y) & (y <= np.maximum(ya, yb)) & (ya != yb)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = np.where(crosses, xa + (y - ya) * (xb - xa) / (yb - ya), np.nan)
+        lo = np.fmin(lo, x)
+        hi = np.fmax(hi, x)
+    with np.errstate(invalid="ignore"):
+        first = np.maximum(np.ceil(lo - 1e-6), xmin[tri])
+        last = np.minimum(np.floor(hi + 1e-6), xmax[tri])
+    count = np.where(last >= first, last - first + 1, 0).astype(np.int64)
+    # Along a row the barycentrics are l = a x + (b y + c): fold the row's constant part first.
+    c = coef[tri]  # (R, 3, 3)
+    slope, offset = c[:, :, 0], c[:, :, 1] * y[:, None] + c[:, :, 2]
+    row = np.repeat(np.arange(len(tri)), count)
+    x = first[row] + np.arange(len(row)) - np.repeat(np.cumsum(count) - count, count)
+    tri, y = tri[row], y[row]
+    lam = slope[row] * x[:, None] + offset[row]
     inside = np.all(lam >= -1e-9, axis=1)  # inclusive edges, tolerant to rounding
     lam = np.clip(lam[inside], 0.0, None)
     lam /= lam.sum(1, keepdims=True)
-    return tri[inside], (py[inside] * width + px[inside]).astype(np.int64), lam
+    return tri[inside], (y[inside] * width + x[inside]).astype(np.int64), lam
 
 
 def shade(fragments: Fragments, vertices, faces, vertex_colors, light: DirectionalLight, *, two_sided: bool = True):
@@ -281,16 +304,16 @@ def shade(fragments: Fragments, vertices, faces, vertex_colors, light: Direction
     tri = fragments.face_index[mask]
     if tri.size == 0:
         return out
-    lam = fragments.bary[mask][:, :, None]  # (P, 3, 1)
+    lam = fragments.bary[mask]  # (P, 3)
     corner = f[tri]  # (P, 3)
-    normal = (vertex_normals(v, f)[corner] * lam).sum(1)
+    normal = np.einsum("pkc,pk->pc", vertex_normals(v, f)[corner], lam)
     normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
     if two_sided:
         face_n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
         back = np.einsum("ij,ij->i", face_n, v[f[:, 0]]) > 0
         normal[back[tri]] *= -1.0
     lambert = np.clip(normal @ light.direction, 0.0, None)
-    albedo = (colors[corner] * lam).sum(1)
+    albedo = np.einsum("pkc,pk->pc", colors[corner], lam)
     out[mask] = np.clip(albedo * (light.ambient + light.intensity * lambert)[:, None] * light.color, 0.0, 1.0)
     return out
 

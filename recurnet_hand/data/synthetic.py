@@ -1,11 +1,33 @@
 """Synthetic rendered hands: the offline default dataset, with an on-disk cache.
 
-Each sample is a MANO hand in a random pose, shape, orientation, skin tone and
-lighting, rendered with :mod:`.render` directly at crop size over procedural
-clutter, sometimes partly occluded (see :mod:`._scene` for the sampling). The
-labels are exact: ``joints3d`` (mm, camera frame) projected by ``K`` gives
-``joints2d`` (crop px). Sample ``i`` depends only on ``(seed, i)`` and the MANO
-model, so results do not depend on the number of worker processes.
+Each sample is a MANO hand rendered with :mod:`.render` directly at crop size by a
+pinhole camera, so the labels are exact: ``joints3d`` (mm, camera frame)
+projected by ``K`` gives ``joints2d`` (crop px). Sample ``i`` depends only on
+``(seed, i)`` and the MANO model, never on the number of worker processes.
+
+The scene distribution (implemented in :mod:`._scene`):
+
+* Pose: per-joint axis-angle within anatomical limits. Each finger joint flexes
+  towards the palm about an axis derived from the model's rest geometry (MCP
+  -0.3..1.6 rad, PIP 0..1.9, DIP -0.1..1.3; thumb CMC -0.4..0.9, MCP -0.2..1.0,
+  IP -0.3..1.3), base joints also spread sideways (up to 0.12-0.5 rad). Finger
+  curls share a grasp level (open hand .. fist) and a quarter of the fingers
+  move on their own (pointing, counting).
+* Shape: betas ~ N(0, 1) clipped to +-2, shrunk towards the mean if a finger
+  would get thinner than 0.5x or thicker than 1.8x the mean hand's.
+* Orientation: 40% palm views, 40% back-of-hand views (tilted up to 50 degrees,
+  any in-plane roll), 20% uniformly random rotations.
+* Camera: focal length 2.2-4.5 crop sizes, principal point within +-0.5 crop
+  sizes of the centre (off-axis crops); distance chosen so the hand spans
+  50-85% of the crop, centred to within 6%.
+* Appearance: skin albedo between two of eight tones from very light to very
+  dark, lighter palms, low-frequency blotches; a forearm (85%), half of them
+  in a sleeve; one directional light from the camera's side (diffuse 0.45-0.85,
+  ambient 0.2-0.45, slight tint).
+* Background: a gradient or noise texture with 4-20 random shapes (plain,
+  noise or stripes; some skin-coloured), sometimes blurred. 30% of the samples
+  get one or two occluding shapes over the hand. Soft silhouette edges, random
+  brightness/contrast/gamma, sensor noise, sometimes blur.
 
 Cache layout (one folder per dataset)::
 
@@ -89,9 +111,13 @@ def _mano_layer(mano, side: str):
 
 
 def _fingerprint(layer: torch.nn.Module) -> str:
-    """SHA-256 over the layer's tensors (names, dtypes, shapes, bytes) and faces."""
+    """SHA-256 over the layer's tensors (names, dtypes, shapes, bytes), buffers included.
+
+    ``named_buffers`` rather than ``state_dict``: smplx keeps the model arrays in
+    non-persistent buffers, which ``state_dict`` leaves out.
+    """
     digest = hashlib.sha256()
-    items = sorted(layer.state_dict().items()) + [("faces", layer.faces)]
+    items = sorted([*layer.named_parameters(), *layer.named_buffers()], key=lambda kv: kv[0])
     for name, tensor in items:
         array = tensor.detach().cpu().contiguous().numpy()
         digest.update(f"{name}|{array.dtype}|{array.shape}|".encode())
@@ -117,7 +143,14 @@ class _Renderer:
 
     def render(self, seed: int, size: int, start: int, stop: int) -> dict[str, np.ndarray]:
         """Samples ``start..stop-1`` stacked: images uint8 ``(n, S, S, 3)``, labels float32."""
-        scenes = [render_scene(i, seed, size, self.rig, self._forward) for i in range(start, stop)]
+        threads = torch.get_num_threads()
+        # Batch-1 MANO is too small to gain from threads (and slows down badly when cores are
+        # busy); one thread also makes its float rounding the same in every process.
+        torch.set_num_threads(1)
+        try:
+            scenes = [render_scene(i, seed, size, self.rig, self._forward) for i in range(start, stop)]
+        finally:
+            torch.set_num_threads(threads)
         return {
             "images": np.stack([s.image for s in scenes]),
             "joints2d": np.stack([s.joints2d for s in scenes]).astype(np.float32),
@@ -187,7 +220,8 @@ def _npy_member(path: Path, zf: zipfile.ZipFile, name: str):
         local = fh.read(30)
         if local[:4] != b"PK\x03\x04":
             raise ValueError(f"bad local header for member {name!r}")
-        fh.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
         version = np.lib.format.read_magic(fh)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = read_header(fh)
@@ -271,7 +305,8 @@ def _settings(num_samples, crop_size, seed, side, layer, source) -> dict:
 
 def _differences(manifest: dict, settings: dict) -> list[str]:
     keys = ["generator_version", "seed", "num_samples", "crop_size", "side"]
-    out = [f"{k}: cache has {manifest.get(k)!r}, requested {settings[k]!r}" for k in keys if manifest.get(k) != settings[k]]
+    out = [f"{k}: cache has {manifest.get(k)!r}, requested {settings[k]!r}"
+           for k in keys if manifest.get(k) != settings[k]]
     have = (manifest.get("mano") or {}).get("sha256")
     if have != settings["mano"]["sha256"]:
         out.append(f"MANO model: cache built with {(manifest.get('mano') or {}).get('source')!r} "
@@ -358,8 +393,9 @@ def generate_synthetic_hands(
         num_samples: number of samples.
         crop_size: image side ``S`` (px).
         seed: dataset seed; sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``.
-        workers: processes rendering in parallel (``spawn`` start method); ``0`` renders
-            in this process; ``None`` uses every CPU (at most 8).
+        workers: processes rendering in parallel (``spawn`` start method, so a script
+            calling this needs the usual ``if __name__ == "__main__":`` guard); ``0``
+            renders in this process; ``None`` uses every CPU (at most 8).
         mano: ``None`` for the bundled synthetic MANO assets, a MANO file path (``.pkl`` /
             ``.npz`` or a folder with ``MANO_RIGHT.pkl``), ``ManoAssets``, or a ``ManoLayer``
             built with ``use_pca=False, flat_hand_mean=True``.
