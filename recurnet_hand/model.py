@@ -62,6 +62,8 @@ class DIRNetConfig:
 
     Attributes:
         name: preset name, recorded in checkpoints.
+        backbone: timm model name; ``ir9`` (the paper's) takes ``width``, any other timm
+            ResNet-style model (e.g. ``resnet18`` as a baseline) is built at its own width.
         width: IR9 base width (32 for STB, 16 for FPHA).
         fc: width of the pose predictor's hidden layer (512 STB, 256 FPHA).
         loop_point: where the loop starts (paper Figure 9: 1..4; 3 = extractor ends at stride 8).
@@ -77,6 +79,7 @@ class DIRNetConfig:
     """
 
     name: str = "stb"
+    backbone: str = "ir9"
     width: int = 32
     fc: int = 512
     loop_point: int = DEFAULT_LOOP_POINT
@@ -265,10 +268,11 @@ def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet
         config = preset(config)
     if config.head not in HEADS:
         raise ValueError(f"unknown pose head {config.head!r}; known: {', '.join(sorted(HEADS))}")
+    backbone_kwargs = {"width": config.width} if config.backbone == "ir9" else {}
     net = recurnet.loopify(
-        "ir9",
+        config.backbone,
         stage=loop_point_stage(config.loop_point),
-        width=config.width,
+        **backbone_kwargs,
         max_loops=config.max_loops,
         feedback=config.feedback,
         heads={"pose": HEADS[config.head](config)},
