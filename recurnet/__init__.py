@@ -9,6 +9,7 @@ from .cost import ComponentCost, CostModel, count_macs, count_params
 from .feedback import FEEDBACK, AttentionFeedback, Feedback, FeatureFeedback, NoFeedback, register_feedback
 from .heads import UncertaintyHead, UncertaintyOutput
 from .looped import LoopedNet, loopify, simulate_exits
+from .losses import LoopLoss, LoopLossOutput, LossTerm, gaussian_uncertainty_loss, l1_uncertainty_loss
 from .output import LoopOutput
 from .policies import (
     POLICIES,
@@ -22,6 +23,16 @@ from .policies import (
     register_policy,
 )
 from .split import SplitError, split_backbone
+from .training import (
+    EndToEnd,
+    GateConfig,
+    Progressive,
+    TrainConfig,
+    Trainer,
+    collect_rollouts,
+    temperature_sweep,
+    train_gate,
+)
 
 __all__ = [
     "loopify",
@@ -51,6 +62,19 @@ __all__ = [
     "ComponentCost",
     "count_macs",
     "count_params",
+    "LoopLoss",
+    "LossTerm",
+    "LoopLossOutput",
+    "gaussian_uncertainty_loss",
+    "l1_uncertainty_loss",
+    "Trainer",
+    "TrainConfig",
+    "EndToEnd",
+    "Progressive",
+    "GateConfig",
+    "collect_rollouts",
+    "train_gate",
+    "temperature_sweep",
 ]
 
 __version__ = "0.1.0"

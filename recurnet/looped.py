@@ -266,6 +266,7 @@ class LoopedNet(nn.Module):
             iterations.append(iterations[-1])
             log_vars.append(log_vars[-1])
             features.append(features[-1])
+            signals.append(None)  # no sample ran this iteration, so no feedback fed it
         return LoopOutput(iterations, log_vars, features, exit_step, ran, feedback=signals if return_feedback else [])
 
     # ------------------------------------------------------------------ cost
@@ -303,9 +304,7 @@ class LoopedNet(nn.Module):
             fb_macs, _ = count_macs(meta._next_input, feats, meta.refiner(feats))
             meta._index.value = None
         policy_macs = self._count_policy(preds, unc)
-        norms = [n for n in self.per_iteration_norms]
         refiner_params = count_params(self.refiner)
-        del norms
         return CostModel(
             input_shape=input_shape,
             max_loops=last,
@@ -409,8 +408,10 @@ def _apply_exits(output: LoopOutput, exit_step: torch.Tensor) -> LoopOutput:
                 out.append(_where_rows(keep, seq[l], out[-1]))
         return out
 
+    # An iteration no sample ran has no feedback, as in a compacted run where everyone left before it.
     feedback = [
-        None if f is None else _where_rows(ran[l], f, torch.zeros_like(f)) for l, f in enumerate(output.feedback)
+        None if f is None or not bool(ran[l].any()) else _where_rows(ran[l], f, torch.zeros_like(f))
+        for l, f in enumerate(output.feedback)
     ]
     return LoopOutput(
         carry(output.iterations),

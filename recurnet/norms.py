@@ -116,10 +116,12 @@ def convert_norms(
     Returns:
         Names of the converted modules inside ``refiner``.
     """
+    # Norms already inside a PerIterationNorm are its copies: converting them again would nest containers.
+    done = [name for name, m in refiner.named_modules() if isinstance(m, PerIterationNorm)]
     names = [
         name
         for name, m in refiner.named_modules()
-        if name and isinstance(m, NORM_TYPES) and not isinstance(m, PerIterationNorm)
+        if name and isinstance(m, NORM_TYPES) and not any(name.startswith(d + ".") for d in done)
     ]
     # A norm nested inside another norm (rare) is converted together with its parent.
     names = [n for n in names if not any(n.startswith(p + ".") for p in names if p != n)]

@@ -28,8 +28,8 @@ class LoopOutput:
         ran: ``(L + 1, B)`` bool, whether each sample computed each iteration.
         macs: ``(B,)`` float64 multiply-adds each sample cost (None if cost accounting was off).
         feedback: per iteration, the feedback signal (e.g. attention map ``(B, C, H, W)``) that fed
-            iteration ``l`` (None for ``l = 0`` and unless requested with ``return_feedback=True``;
-            rows of samples that did not run are zero).
+            iteration ``l`` (None for ``l = 0`` and for iterations no sample ran; the list is empty
+            unless requested with ``return_feedback=True``; rows of samples that did not run are zero).
     """
 
     iterations: list[dict[str, torch.Tensor]]

@@ -1,0 +1,66 @@
+"""Training looped networks: protocols, the trainer, checkpoints, DDP, and the learned gate.
+
+- :class:`EndToEnd` and :class:`Progressive` (Algorithm 1) say which loops train when.
+- :class:`Trainer` runs them: seeded, logged to CSV / TensorBoard, checkpointed
+  every epoch, resumable to the same final weights, and data-parallel under
+  ``torchrun`` (:func:`init_distributed`).
+- :func:`collect_rollouts`, :func:`train_gate` and :func:`temperature_sweep`
+  train the exit gate by policy gradient on a frozen network and trace its
+  accuracy / compute trade-off.
+"""
+
+from .checkpoint import CheckpointError, ConfigMismatchError, load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_from_dict, config_to_dict
+from .distributed import DistributedContext, cleanup_distributed, init_distributed
+from .evaluation import evaluate, loss_metrics
+from .gate import (
+    GateConfig,
+    GateResult,
+    RolloutData,
+    TradeoffPoint,
+    collect_rollouts,
+    temperature_sweep,
+    tradeoff_point,
+    train_gate,
+)
+from .log import MetricLogger
+from .optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
+from .protocols import PROTOCOLS, EndToEnd, Phase, Progressive
+from .trainer import Callback, EpochInfo, NonFiniteLossError, Trainer, TrainResult
+
+__all__ = [
+    "Trainer",
+    "TrainConfig",
+    "TrainResult",
+    "EpochInfo",
+    "Callback",
+    "NonFiniteLossError",
+    "EndToEnd",
+    "Progressive",
+    "Phase",
+    "PROTOCOLS",
+    "config_to_dict",
+    "config_from_dict",
+    "CheckpointError",
+    "ConfigMismatchError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "DistributedContext",
+    "init_distributed",
+    "cleanup_distributed",
+    "evaluate",
+    "loss_metrics",
+    "MetricLogger",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "register_optimizer",
+    "register_schedule",
+    "RolloutData",
+    "collect_rollouts",
+    "GateConfig",
+    "GateResult",
+    "train_gate",
+    "TradeoffPoint",
+    "tradeoff_point",
+    "temperature_sweep",
+]
