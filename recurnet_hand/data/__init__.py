@@ -1,4 +1,4 @@
-"""Real hand-pose datasets (STB, FPHA, CMU Panoptic), crops and augmentation.
+"""Hand-pose datasets (synthetic rendered hands, STB, FPHA, CMU Panoptic), crops and augmentation.
 
 Every dataset returns the same sample dict (``image, joints2d, joints3d, K, has_2d,
 has_3d, is_right, index``; see :class:`~.transforms.HandCrop.to_sample`) with joints
@@ -9,6 +9,7 @@ from ._io import HandDataError, HandDataWarning
 from .fpha import FPHADataset
 from .panoptic import PanopticDataset
 from .stb import STBDataset
+from .synthetic import CacheMismatchError, SyntheticCacheError, SyntheticHands, generate_synthetic_hands
 from .transforms import AugmentConfig, HandCrop, HandTransform
 
 __all__ = [
@@ -20,4 +21,8 @@ __all__ = [
     "HandTransform",
     "PanopticDataset",
     "STBDataset",
+    "SyntheticHands",
+    "generate_synthetic_hands",
+    "SyntheticCacheError",
+    "CacheMismatchError",
 ]

@@ -55,6 +55,14 @@ def test_sample_has_the_documented_keys_types_and_shapes(cache):
         ds[5]
 
 
+def test_shards_hold_uint8_images_and_float32_labels(cache):
+    with np.load(cache / "shard-00002.npz") as shard:
+        assert sorted(shard.files) == ["K", "images", "index", "joints2d", "joints3d"]
+        assert shard["images"].dtype == np.uint8 and shard["images"].shape == (1, S, S, 3)
+        assert shard["joints3d"].dtype == np.float32 and shard["joints2d"].dtype == np.float32
+        assert shard["K"].dtype == np.float32 and shard["index"].tolist() == [4]
+
+
 def test_cached_samples_equal_samples_rendered_on_the_fly(cache, live):
     ds = SyntheticHands(5, S, seed=3, cache_dir=cache)
     for i in range(5):
@@ -82,10 +90,10 @@ def test_worker_processes_do_not_change_the_result(cache, tmp_path, monkeypatch)
 
 
 def test_labels_are_an_exact_projection_and_joints_lie_in_the_crop():
-    rig = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
+    renderer = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
     inside = []
     for i in range(24):
-        scene = _scene.render_scene(i, 11, S, rig.rig, rig._forward)
+        scene = _scene.render_scene(i, 11, S, renderer.rig, renderer._forward)
         j3, j2, K = (np.asarray(x, np.float32) for x in (scene.joints3d, scene.joints2d, scene.K))
         np.testing.assert_allclose(_project(j3.astype(np.float64), K.astype(np.float64)), j2, atol=1e-3)
         assert np.all(j3[:, 2] > 100.0)  # mm in front of the camera
@@ -97,10 +105,10 @@ def test_labels_are_an_exact_projection_and_joints_lie_in_the_crop():
 
 
 def test_the_hand_is_drawn_where_its_joints_project():
-    rig = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
+    renderer = synthetic._Renderer(synthetic._mano_layer(None, "right")[0])
     hits = []
     for i in range(8):
-        scene = _scene.render_scene(i, 5, S, rig.rig, rig._forward)
+        scene = _scene.render_scene(i, 5, S, renderer.rig, renderer._forward)
         assert 0.03 < scene.mask.mean() < 0.9  # the hand fills a fair part of the crop, not all of it
         px = np.rint(scene.joints2d).astype(int)
         ok = np.all((px >= 0) & (px < S), axis=1)
@@ -155,26 +163,39 @@ def test_other_mano_model_or_generator_version_is_refused_and_rebuild_replaces(t
 def test_no_temporary_files_are_left_and_an_interrupted_build_resumes(tmp_path, monkeypatch):
     root = tmp_path / "c"
     real = synthetic._Renderer.render
-    calls = []
+    starts = []
 
-    def flaky(self, seed, size, start, stop):
-        calls.append(start)
-        if start >= 2 and len(calls) < 4:
+    def interrupted(self, seed, size, start, stop):
+        if start >= 2:  # the second shard never finishes
             raise RuntimeError("interrupted")
         return real(self, seed, size, start, stop)
 
-    monkeypatch.setattr(synthetic._Renderer, "render", flaky)
+    def recording(self, seed, size, start, stop):
+        starts.append(start)
+        return real(self, seed, size, start, stop)
+
+    monkeypatch.setattr(synthetic._Renderer, "render", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
         generate_synthetic_hands(root, 4, S, seed=0, workers=0, shard_size=2, progress=False)
     assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shard-00000.npz"]
     assert json.loads((root / "manifest.json").read_text())["complete"] is False
-    calls.clear()
-    monkeypatch.setattr(synthetic._Renderer, "render", lambda self, *a: real(self, *a))
+    monkeypatch.setattr(synthetic._Renderer, "render", recording)
     generate_synthetic_hands(root, 4, S, seed=0, workers=0, shard_size=2, progress=False)
+    assert starts == [2]  # the finished shard is kept
     assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "shard-00000.npz", "shard-00001.npz"]
-    assert not list(root.glob(".*"))
+    assert json.loads((root / "manifest.json").read_text())["complete"] is True
     ds = SyntheticHands(4, S, seed=0, cache_dir=root)
     assert torch.equal(ds[3]["image"], SyntheticHands(4, S, seed=0)[3]["image"])
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_a_temporary(tmp_path):
+    def disk_full(fh):
+        fh.write(b"half a shard")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        synthetic._write_atomic(tmp_path / "shard-00000.npz", disk_full)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_corrupt_shard_fails_naming_the_file(cache, tmp_path):
@@ -193,6 +214,31 @@ def test_corrupt_shard_fails_naming_the_file(cache, tmp_path):
     (root / "manifest.json").write_text("{not json")
     with pytest.raises(SyntheticCacheError, match="manifest.json"):
         SyntheticHands(5, S, seed=3, cache_dir=root)
+
+
+def test_mano_file_assets_and_layer_sources_give_the_same_samples(tmp_path, live):
+    from recurnet_hand.mano import ManoLayer, save_mano, synthetic_mano_assets
+
+    assets = synthetic_mano_assets("right")
+    path = save_mano(assets, tmp_path / "MANO_RIGHT.pkl")
+    layer = ManoLayer(assets, use_pca=False, flat_hand_mean=True, dtype=torch.float64)
+    for mano in (path, assets, layer):
+        assert torch.equal(SyntheticHands(5, S, seed=3, mano=mano)[1]["image"], live[1]["image"])
+    # The cache records the model by content, so a file with the same arrays reuses it.
+    root = generate_synthetic_hands(tmp_path / "c", 2, S, workers=0, progress=False)
+    generate_synthetic_hands(root, 2, S, workers=0, mano=path, progress=False)
+    with pytest.raises(ValueError, match="use_pca=False and flat_hand_mean=True"):
+        SyntheticHands(2, S, mano=ManoLayer(assets))
+    with pytest.raises(ValueError, match="left hand but side='right'"):
+        SyntheticHands(2, S, mano=synthetic_mano_assets("left"))
+
+
+def test_left_hands_are_labelled_left_with_exact_labels():
+    left = SyntheticHands(3, S, seed=3, side="left")
+    sample = left[0]
+    assert not sample["is_right"].item()
+    p = sample["joints3d"].double() @ sample["K"].double().T
+    torch.testing.assert_close(p[:, :2] / p[:, 2:], sample["joints2d"].double(), atol=1e-3, rtol=0)
 
 
 def test_bad_arguments_fail_early():
