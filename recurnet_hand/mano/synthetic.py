@@ -25,7 +25,7 @@ __all__ = ["synthetic_mano_assets", "SHAPE_DIRECTIONS", "POSE_COMPONENTS"]
 
 #: Meaning of each of the 10 shape coefficients (positive = more of it), in order.
 #: The directions are orthogonalised in this order, so later ones are relative to
-#: earlier ones; each moves some vertex by 5 mm per unit.
+#: earlier ones; each moves some vertex by 5 mm per unit (thickness: 2 mm per unit).
 SHAPE_DIRECTIONS: tuple[str, ...] = (
     "overall size",
     "finger length (index to pinky)",
@@ -73,6 +73,7 @@ _FINGERS = (
     FingerSpec((0.034, 0.028, 0.024), (0.0115, 0.0090), 0.90, (4, 3, 4), 10),
 )
 _SHAPE_STEP = 0.005  # metres: largest vertex displacement of one unit of each beta
+_THICKNESS_STEP = 0.002  # metres: the same for the finger-thickness direction
 _BACK = np.array([0.0, 1.0, 0.0])  # back of the hand; the palm faces -y
 
 
@@ -242,7 +243,7 @@ def _skinning_weights(mesh: HandMesh) -> np.ndarray:
 
 
 def _shape_directions(mesh: HandMesh) -> np.ndarray:
-    """The 10 directions of :data:`SHAPE_DIRECTIONS`, orthogonalised and scaled to 5 mm per unit."""
+    """The 10 directions of :data:`SHAPE_DIRECTIONS`, orthogonalised and scaled to 5 mm per unit (thickness 2 mm)."""
     v, axis, part = mesh.vertices, mesh.axis_point, mesh.part
     palm = part < 0
     base = np.zeros_like(v)  # base centre of each vertex's finger (palm: unused)
@@ -284,6 +285,8 @@ def _shape_directions(mesh: HandMesh) -> np.ndarray:
         basis.append(d / np.linalg.norm(d))
     dirs = np.stack([b.reshape(v.shape) for b in basis], axis=-1)
     dirs *= _SHAPE_STEP / np.linalg.norm(dirs, axis=1).max(axis=0)
+    # Fingers are only ~8 mm in radius: a full step would thin them to needles at beta = -2.
+    dirs[..., 3] *= _THICKNESS_STEP / _SHAPE_STEP
     return dirs
 
 

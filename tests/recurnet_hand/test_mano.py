@@ -179,7 +179,9 @@ def test_shape_directions_are_orthogonal_with_a_few_mm_per_unit(right):
     gram = dirs.T @ dirs
     off = gram - np.diag(np.diag(gram))
     assert np.abs(off).max() < 1e-12
-    np.testing.assert_allclose(np.linalg.norm(right.shapedirs, axis=1).max(axis=0), 0.005)
+    expected = np.full(10, 0.005)
+    expected[3] = 0.002  # finger thickness moves less: fingers are only ~8 mm in radius
+    np.testing.assert_allclose(np.linalg.norm(right.shapedirs, axis=1).max(axis=0), expected)
 
 
 def test_pose_components_are_orthonormal(right):
