@@ -1,0 +1,213 @@
+"""Smoke tests for the benchmark scripts: each main runs with ``--quick`` so the scripts cannot rot.
+
+The scripts run with tiny models, one timing round and one CPU thread and
+write their tables into a temporary folder. Nothing here asserts on time:
+the checks are on what the scripts compute (equal outputs, matching exits,
+counted parameters) and on the files they write.
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    # The scripts set the thread count; leave the session as it was for other tests.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    """Import a benchmark script by module name (the scripts import their siblings by plain name)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return importlib.import_module
+
+
+def _quick(tmp_path: Path) -> list[str]:
+    return ["--quick", "--threads", "1", "--results-dir", str(tmp_path)]
+
+
+def _read(tmp_path: Path, name: str) -> str:
+    text = (tmp_path / f"{name}.md").read_text()
+    assert "| torch |" in text and "| CPU |" in text and "torch threads | 1 intra-op" in text
+    assert not list(tmp_path.glob(".*.tmp")), "a temporary file was left behind"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------- _common
+
+
+def test_common_doctests(bench):
+    common = bench("_common")
+    result = doctest.testmod(common)
+    assert result.attempted >= 5 and result.failed == 0
+
+
+def test_stats_quartiles_and_ratios(bench):
+    common = bench("_common")
+    s = common.Stats((5.0, 1.0, 3.0, 2.0, 4.0))
+    assert (s.median, s.q1, s.q3, s.min, s.max) == (3.0, 2.0, 4.0, 1.0, 5.0)
+    assert s.spread(digits=0) == "2-4"
+    one = common.Stats((0.25,))
+    assert one.q1 == one.q3 == one.median == 0.25
+    r = common.paired_ratios(common.Stats((2.0, 3.0, 8.0)), common.Stats((1.0, 3.0, 2.0)))
+    assert r.values == (2.0, 1.0, 4.0) and r.median == 2.0
+    with pytest.raises(ValueError, match="same number of rounds"):
+        common.paired_ratios(common.Stats((1.0,)), common.Stats((1.0, 2.0)))
+    with pytest.raises(ValueError, match="at least one"):
+        common.Stats(())
+
+
+def test_time_interleaved_runs_in_alternating_rounds(bench):
+    common = bench("_common")
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    stats = common.time_interleaved(fns, warmup=1, repeats=3)
+    # one warm-up round, then timed rounds in forward, reverse, forward order
+    assert "".join(calls) == "abc" + "abc" + "cba" + "abc"
+    assert all(len(stats[name].values) == 3 for name in "abc")
+    assert all(v >= 0 for name in "abc" for v in stats[name].values)
+
+
+def test_cpu_clock_counts_work_not_sleep(bench):
+    import time
+
+    common = bench("_common")
+    stats = common.time_interleaved({"sleep": lambda: time.sleep(0.05)}, warmup=0, repeats=2, clock="cpu")
+    assert stats["sleep"].max < 0.04  # a sleeping process uses (almost) no CPU time
+    wall = common.time_call(lambda: time.sleep(0.05), warmup=0, repeats=1)
+    assert wall.median >= 0.05
+    with pytest.raises(ValueError, match="clock must be one of"):
+        common.time_call(lambda: None, clock="gpu")
+
+
+def test_markdown_table_and_bad_rows(bench):
+    common = bench("_common")
+    assert common.markdown_table(["x", "y"], [[1, 2]], "rl") == "| x | y |\n|---:|---|\n| 1 | 2 |"
+    with pytest.raises(ValueError, match="row 0 has 1 cells"):
+        common.markdown_table(["x", "y"], [[1]])
+    with pytest.raises(ValueError, match="align"):
+        common.markdown_table(["x"], [], "c")
+
+
+def test_write_results_header_and_bad_name(bench, tmp_path):
+    common = bench("_common")
+    path = common.write_results("demo", "Demo", "| a |\n|---|", results_dir=tmp_path / "new", argv=["--x", "1"],
+                                script="demo.py")
+    text = path.read_text()
+    assert path == tmp_path / "new" / "demo.md"
+    assert text.startswith("# Demo\n\nWritten by `python benchmarks/demo.py --x 1`.")
+    assert "| torch |" in text and common.NOISE_NOTE in text and text.rstrip().endswith("|---|")
+    with pytest.raises(ValueError, match="result name"):
+        common.write_results("../escape", "x", "", results_dir=tmp_path)
+
+
+def test_setup_rejects_bad_settings(bench):
+    import argparse
+
+    common = bench("_common")
+    parser = common.add_common_args(argparse.ArgumentParser())
+    with pytest.raises(ValueError, match="--threads"):
+        common.setup(parser.parse_args(["--threads", "0"]))
+    with pytest.raises(ValueError, match="--repeats"):
+        common.setup(parser.parse_args(["--repeats", "0"]))
+    quick = parser.parse_args(["--quick", "--threads", "1"])
+    common.setup(quick)
+    assert (quick.warmup, quick.repeats) == (0, 1)
+
+
+# ---------------------------------------------------------------------------------------------- scripts
+
+
+def test_loop_overhead_quick(bench, tmp_path):
+    rows = bench("bench_loop_overhead").main(_quick(tmp_path))
+    assert [r["model"] for r in rows] == ["resnet18", "dirnet_stb"]
+    assert all(r["equal"] and r["diff"] == 0.0 for r in rows)  # same modules, same order: bitwise equal
+    assert all(r["ratio"].median > 0 for r in rows)
+    text = _read(tmp_path, "loop_overhead")
+    assert text.count("bitwise") == 2
+
+
+def test_throughput_quick(bench, tmp_path):
+    try:
+        rows = bench("bench_throughput").main(_quick(tmp_path))
+    finally:
+        torch._dynamo.reset()  # drop the compiled test models
+    variants = {r["variant"] for r in rows}
+    assert variants == {"eager, contiguous", "compiled, channels_last"}
+    for r in rows:
+        # achieved FLOP/s is 2 x MACs x images/s, from the same median time
+        assert math.isclose(r["gflops"], 2 * r["gmacs"] * r["images_per_s"], rel_tol=1e-9)
+        assert r["diff"] < 1e-3
+    assert all((r["graphs"] is None) == r["variant"].startswith("eager") for r in rows)
+    assert "achieved GFLOP/s" in _read(tmp_path, "throughput")
+
+
+def test_export_quick(bench, tmp_path):
+    rows = bench("bench_export").main(_quick(tmp_path))
+    runtimes = [r["exporter"] for r in rows]
+    assert runtimes[:2] == ["torch.export", "torch.export"]
+    for r in rows:
+        assert r["joints3d"] < 1e-2 and r["joints2d"] < 1e-2 and r["log_variance"] < 1e-4
+    assert [r["exits"] for r in rows if r["model"].startswith("dynamic")] == ["yes"] * (len(rows) // 2)
+    text = _read(tmp_path, "export")
+    assert "VarianceThreshold(" in text and "exits in Python" in text
+
+
+def test_memory_quick(bench, tmp_path):
+    # One child process (training, the longer code path) keeps the test short; inference runs in-process below.
+    memory = bench("bench_memory")
+    rows = memory.main([*_quick(tmp_path), "--modes", "training"])
+    assert [(r["mode"], r["batch"]) for r in rows] == [("training", 2)]
+    assert rows[0]["peak"] >= rows[0]["before"] > 0 and rows[0]["saved"] > 0
+    assert "peak resident (MiB)" in _read(tmp_path, "memory")
+
+
+def test_memory_inference_step_in_process(bench):
+    memory = bench("bench_memory")
+    r = memory.measure_step("tiny", 1, "inference", 2, "cpu", 1)
+    assert r["peak"] >= r["before"] > 0 and "saved" not in r
+    with pytest.raises(ValueError, match="mode must be one of"):
+        memory.measure_step("tiny", 1, "eval", 2, "cpu", 1)
+
+
+def test_table3_quick(bench, tmp_path):
+    table3 = bench("table3")
+    rows = table3.main(_quick(tmp_path))
+    assert [r.variant for r in rows] == list(table3.VARIANTS)
+    by = {r.variant: r for r in rows}
+    # Parameter counts do not depend on the input size: the paper's counts must hold at 64 px too.
+    for r in rows:
+        paper = table3.PAPER[r.preset][r.variant][0]
+        assert abs(r.params - paper) / paper <= table3.PARAM_TOLERANCE
+    assert by["no_iter"].params < by["features"].params < by["attention"].params < by["gate"].params
+    # The gate row is the linear interpolation of the per-exit-step costs at the paper's mean loops (2.25).
+    steps = by["gate"].per_step
+    assert by["gate"].gmacs == pytest.approx(steps[2] + 0.25 * (steps[3] - steps[2]))
+    assert by["attention"].gmacs == by["attention"].per_step[-1]
+    # A gate decision (Linear(128, 64) + Linear(64, 2) = 8,320 MACs) follows every iteration a sample ran,
+    # except the last one (L = 5), after which every sample stops anyway.
+    assert by["gate"].cost.policy.macs == 128 * 64 + 64 * 2
+    for e, (gated, plain) in enumerate(zip(steps, by["attention"].per_step)):
+        assert gated - plain == pytest.approx(min(e + 1, 5) * 8320 / 1e9, abs=1e-12)
+    assert re.search(r"\| FPHA \| Iter\. w/ AMG \+ gate \(at mean exit step 2\.25, interpolated\) \|",
+                     _read(tmp_path, "table3"))
+
+
+def test_table3_interpolation(bench):
+    interpolate = bench("table3")._interpolate
+    assert interpolate((1.0, 2.0, 4.0), 1.5) == 3.0
+    assert interpolate((1.0, 2.0, 4.0), 2.0) == 4.0
+    assert interpolate((1.0,), 0.0) == 1.0
