@@ -65,7 +65,7 @@ def reorder(joints, index: np.ndarray):
     Examples:
         >>> import numpy as np
         >>> stb = np.arange(21)[:, None].repeat(3, axis=1)
-        >>> reorder(stb, STB_TO_HAND21)[1, 0]  # project thumb MCP is STB joint 17
+        >>> int(reorder(stb, STB_TO_HAND21)[1, 0])  # project thumb MCP is STB joint 17
         17
     """
     if joints.shape[-2] <= int(np.max(index)):

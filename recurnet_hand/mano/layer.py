@@ -224,7 +224,6 @@ class ManoLayer(nn.Module):
             "posedirs": torch.cat([torch.zeros_like(posedirs[:, :n_joints]), posedirs[:, tips]], dim=1).flatten(1),
             "J_regressor": torch.cat([torch.eye(n_joints), torch.zeros(n_joints, len(tips))], dim=1).to(j_template),
             "lbs_weights": torch.cat([torch.eye(n_joints).to(j_template), m.lbs_weights[tips]]),
-            "parents": np.asarray(m.parents.tolist(), dtype=np.int64),
         }
         self.__dict__["_joint_cache"] = (key, arrays)
         return arrays
@@ -247,10 +246,8 @@ class ManoLayer(nn.Module):
             pose = pose @ m.hand_components
         full_pose = torch.cat([global_orient.to(ref), pose], dim=1) + m.pose_mean
         a = self._joint_model()
-        # A numpy array of parents lets smplx walk the tree without reading tensor values, so
-        # torch.compile and torch.export trace through it without graph breaks.
         points, rest_joints = smplx.lbs.lbs(betas.to(ref), full_pose, a["v_template"], a["shapedirs"], a["posedirs"],
-                                            a["J_regressor"], a["parents"], a["lbs_weights"])
+                                            a["J_regressor"], m.parents, a["lbs_weights"])
         n_joints = rest_joints.shape[1]
         joints = torch.cat([rest_joints, points[:, n_joints:]], dim=1).index_select(1, self._to_hand21)
         return joints - joints[:, :1] if self.root_relative else joints
