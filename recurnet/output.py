@@ -66,3 +66,29 @@ class LoopOutput:
         if self.macs is None:
             raise ValueError("this output carries no cost; run the network with count_cost=True")
         return float(self.macs.mean())
+
+    @classmethod
+    def concat(cls, parts: "list[LoopOutput]") -> "LoopOutput":
+        """Join outputs of consecutive batches along the batch axis (feedback and costs are dropped).
+
+        Examples:
+            >>> one = LoopOutput([{"y": torch.ones(2, 1)}], [{}], [None], torch.zeros(2, dtype=torch.long),
+            ...                  torch.ones(1, 2, dtype=torch.bool))
+            >>> LoopOutput.concat([one, one]).iterations[0]["y"].shape
+            torch.Size([4, 1])
+        """
+        if not parts:
+            raise ValueError("LoopOutput.concat needs at least one output")
+        n = parts[0].num_iterations
+        if any(p.num_iterations != n for p in parts):
+            raise ValueError("LoopOutput.concat needs outputs with the same number of iterations")
+
+        def cat_dicts(key):
+            return [{k: torch.cat([getattr(p, key)[l][k] for p in parts]) for k in getattr(parts[0], key)[l]}
+                    for l in range(n)]
+
+        features = [None if parts[0].features[l] is None else torch.cat([p.features[l] for p in parts])
+                    for l in range(n)]
+        return cls(cat_dicts("iterations"), cat_dicts("log_variance"), features,
+                   torch.cat([p.exit_step for p in parts]), torch.cat([p.ran for p in parts], dim=1))
+

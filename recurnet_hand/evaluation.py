@@ -79,18 +79,6 @@ class Collected:
         return torch.stack([it[name] for it in self.output.iterations])
 
 
-def _cat_outputs(parts: list[LoopOutput]) -> LoopOutput:
-    n_it = parts[0].num_iterations
-    iterations = [{k: torch.cat([p.iterations[l][k] for p in parts]) for k in parts[0].iterations[l]}
-                  for l in range(n_it)]
-    log_var = [{k: torch.cat([p.log_variance[l][k] for p in parts]) for k in parts[0].log_variance[l]}
-               for l in range(n_it)]
-    features = [None if parts[0].features[l] is None else torch.cat([p.features[l] for p in parts])
-                for l in range(n_it)]
-    return LoopOutput(iterations, log_var, features, torch.cat([p.exit_step for p in parts]),
-                      torch.cat([p.ran for p in parts], dim=1))
-
-
 _KEEP = ("joints2d", "joints3d")
 
 
@@ -134,7 +122,7 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
         net.train(was_training)
     if not parts:
         raise ValueError("evaluation data is empty")
-    return Collected(_cat_outputs(parts), torch.cat(gt2d), torch.cat(gt3d), torch.cat(has2d), torch.cat(has3d),
+    return Collected(LoopOutput.concat(parts), torch.cat(gt2d), torch.cat(gt3d), torch.cat(has2d), torch.cat(has3d),
                      torch.cat(images), cost)
 
 

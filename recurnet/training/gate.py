@@ -85,23 +85,6 @@ class RolloutData:
         return torch.stack(self.output.features)
 
 
-def _cat_outputs(parts: list[LoopOutput]) -> LoopOutput:
-    n = parts[0].num_iterations
-
-    def cat_dicts(key):
-        first = getattr(parts[0], key)
-        return [{k: torch.cat([getattr(p, key)[l][k] for p in parts]) for k in first[l]} for l in range(n)]
-
-    features = [None if parts[0].features[l] is None else torch.cat([p.features[l] for p in parts]) for l in range(n)]
-    return LoopOutput(
-        cat_dicts("iterations"),
-        cat_dicts("log_variance"),
-        features,
-        torch.cat([p.exit_step for p in parts]),
-        torch.cat([p.ran for p in parts], dim=1),
-    )
-
-
 def _per_sample_loss(loss, output: LoopOutput, batch) -> torch.Tensor:
     result = loss(output, batch)
     if hasattr(result, "weighted_task_per_sample"):
@@ -162,7 +145,7 @@ def collect_rollouts(
     if not outputs:
         raise ValueError("collect_rollouts got an empty dataset")
     return RolloutData(
-        _cat_outputs(outputs),
+        LoopOutput.concat(outputs),
         torch.cat(losses, dim=1),
         torch.cat(scores, dim=1) if score is not None else None,
         shape,
