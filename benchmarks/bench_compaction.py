@@ -10,13 +10,17 @@ inference mode:
 The counted multiply-add ratio compact/all comes from the network's cost model
 (FlopCounterMode counts, cross-checked against a counted compacted run); the
 time ratio is the ratio of median wall times over ``--repeats`` interleaved
-runs. With compaction doing its job the two ratios agree.
+runs, in both memory formats. If compaction skips the work of the finished
+samples and adds nothing of its own, the two ratios agree, up to how much less
+efficient the convolution kernels are on the smaller batch the survivors form;
+``--profile`` measures both effects operator by operator.
 
 Usage::
 
     python benchmarks/bench_compaction.py                 # batch 64 at 224 px, 2 threads
     python benchmarks/bench_compaction.py --sweep         # also batch sizes 1, 2, 4, ..., 256
-    python benchmarks/bench_compaction.py --batch 16 --size 128 --repeats 3
+    python benchmarks/bench_compaction.py --profile       # per-operator breakdown of one run per mode
+    python benchmarks/bench_compaction.py --batch 16 --size 128 --repeats 3 --threads 1
 
 Prints a table and writes ``benchmarks/results/compaction.md``.
 """
@@ -40,6 +44,7 @@ import recurnet
 from recurnet import LoopState
 
 RESULTS = Path(__file__).parent / "results" / "compaction.md"
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 class ExitFirstHalf:
@@ -78,9 +83,6 @@ class Measurement:
         return self.time_ratio / self.mac_ratio - 1
 
 
-FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-
-
 def build(args) -> recurnet.LoopedNet:
     torch.manual_seed(0)
     net = recurnet.loopify(
@@ -104,9 +106,10 @@ def mac_ratio(net: recurnet.LoopedNet, batch: int, size: int, exit_after: int) -
 def cross_check(net: recurnet.LoopedNet, size: int) -> tuple[int, int]:
     """Counted multiply-adds of a real compacted batch of 4 and the sum of its per-sample costs."""
     x = torch.randn(4, 3, size, size)
-    net(x[:1])  # count the cost model before the measured call
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = net(x, exit="compact")
+    with torch.no_grad():
+        net(x[:1])  # count the cost model before the measured call
+        with FlopCounterMode(display=False) as counter:
+            out = net(x, exit="compact")
     return counter.get_total_flops() // 2, int(out.macs.sum())
 
 
@@ -126,6 +129,58 @@ def measure(
                 net(x, exit=mode)
                 times.append(time.perf_counter() - start)
     return Measurement(batch, memory_format, all_times, compact_times, mac_ratio(net, batch, size, exit_after))
+
+
+def profile_breakdown(net: recurnet.LoopedNet, batch: int, size: int, memory_format: str) -> list[str]:
+    """Where the time of a compacted run goes, from one profiled run per mode.
+
+    Compares each convolution's time per sample at the full batch (``all``) and
+    at the halved batch the survivors form (``compact``), and measures the time
+    of the operations compaction itself adds (row selection and copies).
+    """
+    from torch.profiler import profile
+
+    net.to(memory_format=FORMATS[memory_format])
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=FORMATS[memory_format])
+    per_shape, totals, moving = {}, {}, {}
+    with torch.no_grad():
+        for mode in ("all", "compact"):
+            net(x, exit=mode)  # warm-up
+            with profile(record_shapes=True) as prof:
+                net(x, exit=mode)
+            events = prof.key_averages(group_by_input_shape=True)
+            totals[mode] = sum(e.self_cpu_time_total for e in events) / 1e6
+            moving[mode] = sum(e.self_cpu_time_total for e in events if e.key in _COMPACTION_OPS) / 1e6
+            for e in events:
+                if e.key == "aten::mkldnn_convolution" or e.key == "aten::convolution_overrideable":
+                    shapes = e.input_shapes
+                    per_shape[(mode, tuple(shapes[0]), tuple(shapes[1]))] = (e.self_cpu_time_total / 1e6, e.count)
+    survivors = batch - batch // 2
+    lines = [
+        f"Profiled at batch {batch} ({memory_format}): total operator time {totals['all']:.2f} s (all) and "
+        f"{totals['compact']:.2f} s (compact). Row selection and copies ({', '.join(sorted(_COMPACTION_OPS))}) "
+        f"take {1e3 * moving['compact']:.1f} ms in the compacted run "
+        f"({100 * moving['compact'] / totals['compact']:.2f}% of it) and {1e3 * moving['all']:.1f} ms in the full run.",
+        "",
+        f"| convolution input | weight | ms per sample at batch {batch} | ms per sample at batch {survivors} | ratio |",
+        "|---|---|---:|---:|---:|",
+    ]
+    rows = []
+    for (mode, inp, weight), (t, n) in per_shape.items():
+        if mode != "all" or not inp or inp[0] != batch:
+            continue
+        small = per_shape.get(("compact", (survivors, *inp[1:]), weight))
+        if small is None:
+            continue
+        full_ms, small_ms = 1e3 * t / n / batch, 1e3 * small[0] / small[1] / survivors
+        row = f"| {list(inp[1:])} | {list(weight)} | {full_ms:.3f} | {small_ms:.3f} | {small_ms / full_ms:.2f} |"
+        rows.append((t, row))
+    lines += [row for _, row in sorted(rows, reverse=True)]
+    return lines
+
+
+#: Operators a compacted run adds to select the surviving rows and write results back.
+_COMPACTION_OPS = frozenset({"aten::index", "aten::index_copy", "aten::index_put_", "aten::copy_", "aten::nonzero"})
 
 
 def _spread(times: list[float]) -> str:
@@ -176,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         help="comma-separated memory formats to time (contiguous, channels_last)",
     )
     parser.add_argument("--sweep-format", default="contiguous", choices=sorted(FORMATS))
+    parser.add_argument("--profile", action="store_true", help="also break the compacted run's time down by operator")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not 0 <= args.exit_after < args.max_loops:
@@ -234,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
             "",
             *table(sweep),
         ]
+    if args.profile:
+        lines += ["", "## Where the time goes", "", *profile_breakdown(net, args.batch, args.size, formats[-1])]
     lines += ["", "## Cost model", "", cost.to_markdown(), ""]
     text = "\n".join(lines)
     print(text)

@@ -128,7 +128,7 @@ bars = ax.bar([str(l) for l in range(len(accuracy))], [100 * a for a in accuracy
 ax.bar_label(bars, fmt="%.1f%%")
 ax.set_xlabel("iteration")
 ax.set_ylabel("test accuracy (%)")
-ax.set_ylim(min(100 * a for a in accuracy) - 5, 100)
-ax.set_title("Looped test_resnet on 8x8 digits")
+ax.set_ylim(min(100 * a for a in accuracy) - 5, 102)  # headroom for the bar labels
+ax.set_title("Looped test_resnet on 8x8 digits", pad=10)
 fig.tight_layout()
 plt.show()

@@ -113,9 +113,12 @@ def test_cost_model_of_a_looped_net(make_net):
     net.policy = None
     assert net.cost_model((3, 64, 64)).policy == ComponentCost(0, 0)
     assert net.cost_model((3, 64, 64), loops=1).max_loops == 1
-    # Counting runs on a meta copy: the network's own tensors and statistics are untouched.
-    assert all(p.device.type == "cpu" for p in net.parameters())
-    assert all(b.device.type == "cpu" for b in net.buffers())
+    # Counting runs on a copy of the network: its own weights, statistics and mode are untouched.
+    net.train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.cost_model((3, 96, 96))
+    assert net.training
+    assert all(torch.equal(before[k], v) and v.device.type == "cpu" for k, v in net.state_dict().items())
 
 
 def test_larger_inputs_cost_more(make_net):
