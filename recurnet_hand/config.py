@@ -92,13 +92,13 @@ class ScheduleConfig:
     """
 
     protocol: str = "progressive"
-    epochs: int = 12
-    loop_epochs: int = 3
+    epochs: int = 24
+    loop_epochs: int = 2
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
-    grad_clip: float | None = 10.0
+    grad_clip: float | None = 5.0
 
     def __post_init__(self):
         if self.protocol not in PROTOCOL_NAMES:
