@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
 import recurnet
+from recurnet.training.checkpoint import CheckpointError, read_state
 
 from . import plots
 from .config import ConfigError, RunConfig, config_from_dict
@@ -35,12 +34,10 @@ class ModelFileError(ValueError):
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ModelFileError(f"model file {path} is truncated or corrupt ({type(err).__name__})") from err
+        state = read_state(path, "model file")
+    except CheckpointError as err:
+        raise ModelFileError(str(err)) from err
     if not isinstance(state, dict) or state.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not a DIR-Net model file (expected format {MODEL_FORMAT!r}); "
                              "pass the run's model.pt, not a trainer checkpoint")

@@ -36,6 +36,7 @@ __all__ = [
     "ConfigMismatchError",
     "save_checkpoint",
     "load_checkpoint",
+    "read_state",
     "check_config",
     "ensure_writable",
 ]
@@ -103,6 +104,26 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> Path:
     return path
 
 
+def read_state(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file.
+
+    Args:
+        path: the file.
+        what: how the file is called in messages (``"checkpoint"``, ``"model file"``, ...).
+
+    Raises:
+        FileNotFoundError: when ``path`` does not exist.
+        CheckpointError: when the file is truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` on the CPU, with ``weights_only=True``.
 
@@ -111,12 +132,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         CheckpointError: when the file is truncated, corrupt, or not a recurnet checkpoint.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e})") from e
+    state = read_state(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a recurnet checkpoint (no format tag {CHECKPOINT_FORMAT!r})")
     if state.get("version") != _VERSION:
