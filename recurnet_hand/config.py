@@ -16,6 +16,7 @@ Example ``run.yaml``::
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import types
@@ -119,7 +120,11 @@ class GateSettings:
     Attributes:
         enabled: train a gate after the network.
         epochs: passes of policy gradient over the stored rollouts.
-        loss_scale: ``lambda`` of Eq. 11 (task loss against GMACs).
+        loss_scale: ``lambda`` of Eq. 11. With ``normalize_reward`` (the default) a loop is
+            worth running when it lowers a sample's loss by more than ``1/loss_scale`` of the
+            average loss at iteration 0; without it, the raw loss is weighed against GMACs.
+        normalize_reward: loss relative to its mean at iteration 0, cost in loops
+            (:class:`recurnet.training.GateConfig`).
         hidden: hidden width of the gate.
         temperatures: ``tau_gate`` values swept at evaluation.
         variance_thresholds: how many ``tau_var`` values to sweep (spread over observed variances).
@@ -127,7 +132,8 @@ class GateSettings:
 
     enabled: bool = True
     epochs: int = 40
-    loss_scale: float = 1.0
+    loss_scale: float = 20.0
+    normalize_reward: bool = True
     hidden: int = 64
     temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
     variance_thresholds: int = 6
@@ -200,8 +206,13 @@ def _coerce(value, hint, where: str):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a finite number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):

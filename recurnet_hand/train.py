@@ -146,8 +146,9 @@ def _mean_rel3d(data, limit: int = 2000) -> torch.Tensor:
 def _gate(net, run: RunConfig, train_set, loss, shape, progress: bool):
     gate = recurnet.LearnedGate(run.model.uncertainty_hidden, hidden=run.gate.hidden)
     rollouts = collect_rollouts(net, _subset(train_set, 2000, run.seed + 1), loss, batch_size=64)
-    result = train_gate(gate, rollouts, GateConfig(epochs=run.gate.epochs, loss_scale=run.gate.loss_scale,
-                                                   seed=run.seed), cost=net.cost_model(shape))
+    config = GateConfig(epochs=run.gate.epochs, loss_scale=run.gate.loss_scale, seed=run.seed,
+                        normalize_reward=run.gate.normalize_reward, sample_baseline=True)
+    result = train_gate(gate, rollouts, config, cost=net.cost_model(shape))
     return gate, result
 
 

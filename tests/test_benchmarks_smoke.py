@@ -211,3 +211,14 @@ def test_table3_interpolation(bench):
     assert interpolate((1.0, 2.0, 4.0), 1.5) == 3.0
     assert interpolate((1.0, 2.0, 4.0), 2.0) == 4.0
     assert interpolate((1.0,), 0.0) == 1.0
+
+
+@pytest.mark.slow
+def test_experiments_synthetic_quick(bench, tmp_path):
+    path = bench("experiments_synthetic").main(_quick(tmp_path))
+    text = _read(tmp_path, "experiments_synthetic")
+    assert path == tmp_path / "experiments_synthetic.md"
+    for label in ("no iteration", "iterations without AMG", "with AMG + gate", "with AMG, end-to-end",
+                  "loop point (1)", "loop point (4)", "timm resnet18"):
+        assert label in text
+    assert (tmp_path / "experiments_synthetic_loops.png").stat().st_size > 0

@@ -15,6 +15,21 @@ over the decisions ``t <= exit`` it made (Eq. 10), with a per-step baseline
 ``b_t`` (a running or per-batch mean of the rewards of samples deciding at
 ``t``) to reduce variance.
 
+Two options make the gate practical where Eq. 11's raw units are lopsided (a
+task loss in the thousands against a hundredth of a GMAC per loop):
+
+* ``normalize_reward``: the loss term is divided by the mean loss at iteration
+  0 and the cost by the GMACs of one loop, so
+  ``r_l = -lambda * L^l / mean(L^0) - l`` (for equal-cost loops). ``lambda``
+  then reads "one more loop is worth it when it lowers the loss by more than
+  ``1/lambda`` of the average loss", whatever the units of the loss.
+* ``sample_baseline``: each sample's mean reward over the exit steps is
+  subtracted from its rewards. The stored rollouts know every step's loss, so
+  this offset is known before any action; it does not depend on the actions,
+  leaves the gradient's expectation unchanged and removes the spread between
+  easy and hard samples, which otherwise drowns the small differences between
+  exiting now and later.
+
 :func:`temperature_sweep` applies the trained gate at several temperatures
 ``tau_gate`` to the stored outputs (``recurnet.simulate_exits``), giving
 accuracy / compute trade-off points without running the network again.
@@ -201,8 +216,13 @@ class GateConfig:
         epochs: passes over the stored rollouts.
         batch_size: episodes per update.
         lr: Adam learning rate.
-        loss_scale: ``lambda`` of Eq. 11, weight of the task loss against GMACs.
+        loss_scale: ``lambda`` of Eq. 11, weight of the task loss against GMACs (with
+            ``normalize_reward``: against loops).
         loop_cost: GMACs charged per loop; None: counted from the network (GMACs of loops ``1..l``).
+        normalize_reward: divide the loss by its mean at iteration 0 and the cost by the GMACs of one
+            loop (see the module docs); False keeps Eq. 11's raw units.
+        sample_baseline: subtract each sample's mean reward over the exit steps (a per-sample,
+            action-independent baseline) before the per-step baseline.
         baseline: a :data:`BASELINES` name, ``"running_mean"`` or ``"batch_mean"``.
         baseline_momentum: momentum of the running mean.
         entropy_weight: bonus on the decisions' entropy (0 = vanilla policy gradient).
@@ -215,6 +235,8 @@ class GateConfig:
     lr: float = 1e-3
     loss_scale: float = 1.0
     loop_cost: float | None = None
+    normalize_reward: bool = False
+    sample_baseline: bool = False
     baseline: str = "running_mean"
     baseline_momentum: float = 0.9
     entropy_weight: float = 0.0
@@ -254,6 +276,15 @@ def _loop_costs(cost: CostModel | None, config: GateConfig, max_loops: int) -> t
         raise ValueError(f"the cost model covers {cost.max_loops} loops, the rollouts have {max_loops}")
     base = cost.macs_until(0)
     return torch.tensor([(cost.macs_until(l) - base) / 1e9 for l in range(max_loops + 1)], dtype=torch.float32)
+
+
+def _rewards(loss: torch.Tensor, costs: torch.Tensor, config: GateConfig) -> torch.Tensor:
+    """Eq. 11's reward of exiting at each step, ``(L + 1, N)``, raw or normalised."""
+    if not config.normalize_reward:
+        return -config.loss_scale * loss - costs[:, None]
+    loss_unit = loss[0].mean().abs().clamp_min(1e-12)
+    cost_unit = costs[1].clamp_min(1e-12)  # GMACs of the first loop
+    return -config.loss_scale * loss / loss_unit - costs[:, None] / cost_unit
 
 
 def _episode(gate: LearnedGate, feats: torch.Tensor, temperature: float, generator: torch.Generator):
@@ -296,7 +327,8 @@ def train_gate(
     feats_all = rollouts.features
     device = next(gate.parameters()).device
     costs = _loop_costs(cost, config, last)
-    rewards_all = -config.loss_scale * rollouts.loss - costs[:, None]  # (L + 1, N)
+    rewards_all = _rewards(rollouts.loss, costs, config)  # (L + 1, N)
+    offsets = rewards_all.mean(dim=0) if config.sample_baseline else torch.zeros(rewards_all.shape[1])
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.Adam(gate.parameters(), lr=config.lr)
     baseline_fn = BASELINES.get(config.baseline)
@@ -313,7 +345,7 @@ def train_gate(
             first, taken, entropy, decided = _episode(gate, feats, config.temperature, generator)
             cols = torch.arange(idx.numel())
             reward = rewards_all[:, idx].to(device)[first, cols]  # (B,)
-            steps_reward = reward[None, :].expand_as(taken)
+            steps_reward = (reward - offsets[idx].to(device))[None, :].expand_as(taken)
             baseline = baseline_fn(steps_reward.detach(), decided, baseline_state, config.baseline_momentum)
             advantage = (steps_reward - baseline[:, None]).detach()
             objective = (advantage * taken * decided).sum() + config.entropy_weight * (entropy * decided).sum()

@@ -38,7 +38,11 @@ Cache layout (one folder per dataset)::
 
 Every file is written to a temporary name and renamed into place. A folder whose
 manifest names other settings is refused (:class:`CacheMismatchError`) unless
-``rebuild=True``; an interrupted build resumes from its finished shards.
+``rebuild=True``; an interrupted build resumes from its finished shards. The
+number of samples is not such a setting: since sample ``i`` depends only on
+``(seed, i)``, a cache of ``N`` samples serves any request for ``n <= N`` (its
+first ``n``), and a request for more renders only samples ``N..n-1`` into new
+shards.
 """
 
 from __future__ import annotations
@@ -304,7 +308,7 @@ def _settings(num_samples, crop_size, seed, side, layer, source) -> dict:
 
 
 def _differences(manifest: dict, settings: dict) -> list[str]:
-    keys = ["generator_version", "seed", "num_samples", "crop_size", "side"]
+    keys = ["generator_version", "seed", "crop_size", "side"]  # any num_samples is served or extended
     out = [f"{k}: cache has {manifest.get(k)!r}, requested {settings[k]!r}"
            for k in keys if manifest.get(k) != settings[k]]
     have = (manifest.get("mano") or {}).get("sha256")
@@ -320,9 +324,11 @@ def _clear(root: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _build(root, layer, settings, workers, shard_size, progress) -> dict:
+def _build(root, layer, settings, workers, shard_size, progress, keep=()) -> dict:
+    """Render samples ``[sum(keep counts), n)`` into new shards after the finished shards ``keep``."""
     n, seed, size = settings["num_samples"], settings["seed"], settings["crop_size"]
-    shards = [(k, s, min(s + shard_size, n)) for k, s in enumerate(range(0, n, shard_size))]
+    first = sum(e["count"] for e in keep)
+    shards = [(len(keep) + j, s, min(s + shard_size, n)) for j, s in enumerate(range(first, n, shard_size))]
     done = {}
     for k, start, stop in shards:
         entry = {"file": _shard_name(k), "start": start, "count": stop - start}
@@ -345,7 +351,7 @@ def _build(root, layer, settings, workers, shard_size, progress) -> dict:
         def collect(k, part):
             pending[k].append(part)
             bar.advance(task, len(part["index"]))
-            _, start, stop = shards[k]
+            _, start, stop = shards[k - len(keep)]
             if sum(len(p["index"]) for p in pending[k]) == stop - start:
                 parts = sorted(pending.pop(k), key=lambda p: p["index"][0])
                 arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
@@ -370,7 +376,8 @@ def _build(root, layer, settings, workers, shard_size, progress) -> dict:
                 except BaseException:
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
-    return {**settings, "shard_size": shard_size, "complete": True, "shards": [done[k] for k, _, _ in shards]}
+    return {**settings, "shard_size": shard_size, "complete": True,
+            "shards": list(keep) + [done[k] for k, _, _ in shards]}
 
 
 def generate_synthetic_hands(
@@ -421,6 +428,7 @@ def generate_synthetic_hands(
     manifest = _read_manifest(root)
     if manifest is None and any(root.glob("shard-*.npz")):
         manifest = {}  # shards of unknown origin: treat as a mismatch
+    keep: list[dict] = []  # finished shards that stay: samples 0..N-1 of a smaller cache
     if manifest is not None:
         diff = _differences(manifest, settings) if manifest else ["shard files without a manifest"]
         if diff and not rebuild:
@@ -429,16 +437,25 @@ def generate_synthetic_hands(
         if diff:
             _clear(root)
             manifest = None
-        elif manifest.get("complete"):
-            _ShardReader(root, manifest)  # fails early, naming the file, if a shard was damaged
-            return root
         else:
+            keep = list(manifest.get("shards", []))
+            have = sum(e["count"] for e in keep)
+            if have >= settings["num_samples"]:
+                if not manifest.get("complete"):  # an interrupted extension asked for more than is needed now
+                    manifest = {**manifest, "num_samples": have, "complete": True}
+                    _ShardReader(root, manifest)
+                    _write_json(root / _MANIFEST, manifest)
+                    return root
+                _ShardReader(root, manifest)  # fails early, naming the file, if a shard was damaged
+                return root
+            if keep:
+                _ShardReader(root, {"crop_size": settings["crop_size"], "shards": keep})
             shard_size = int(manifest.get("shard_size", shard_size))
     for stale in root.glob(".*.tmp-*"):  # left by a killed build
         stale.unlink()
-    _write_json(root / _MANIFEST, {**settings, "shard_size": int(shard_size), "complete": False, "shards": []})
+    _write_json(root / _MANIFEST, {**settings, "shard_size": int(shard_size), "complete": False, "shards": keep})
     workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
-    _write_json(root / _MANIFEST, _build(root, layer, settings, workers, int(shard_size), progress))
+    _write_json(root / _MANIFEST, _build(root, layer, settings, workers, int(shard_size), progress, keep))
     return root
 
 

@@ -1,7 +1,9 @@
 """Protocols, the trainer, evaluation and gate training."""
 
+import copy
 import csv
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -345,6 +347,32 @@ def test_gate_learns_to_exit_easy_samples_and_refine_hard_ones():
     assert point.exit_counts == (32, 32, 0) and point.mean_loops == pytest.approx(0.5)
     assert point.mean_macs == pytest.approx(10**9 + 10**8 + 0.5 * 10**8)
     assert point.score == 1.0 and point.loss == 0.0
+
+
+def test_normalised_reward_finds_the_same_optimum_whatever_the_units():
+    rollouts, easy = fake_rollouts()
+    # Losses in the thousands, a loop costing a ten-thousandth of a GMAC: Eq. 11's raw reward
+    # would weigh them 10^7 : 1; normalised, a loop costs 1 and the loss is relative to loop 0's mean.
+    big = RolloutData(rollouts.output, rollouts.loss * 1000.0, rollouts.score, rollouts.input_shape)
+    torch.manual_seed(0)
+    gate = recurnet.LearnedGate(4, hidden=8)
+    config = GateConfig(epochs=60, batch_size=32, lr=1e-2, loss_scale=1.0, loop_cost=1e-4,
+                        normalize_reward=True, sample_baseline=True)
+    result = train_gate(gate, big, config)
+    # mean loss at loop 0 is 500, so a hard sample scores -2 at loop 0 and -1 (one loop) after.
+    assert result.history[-1]["reward"] == pytest.approx(-0.5, abs=0.05)
+    gate.mode = "greedy"
+    exits = recurnet.simulate_exits(big.output, gate)
+    assert exits[easy].eq(0).all() and exits[~easy].eq(1).all()
+    # Normalised, the units cancel: the same seed gives the same training on the unscaled losses.
+    small = recurnet.LearnedGate(4, hidden=8)
+    scaled = copy.deepcopy(small)
+    a = train_gate(small, rollouts, replace(config, epochs=3))
+    b = train_gate(scaled, big, replace(config, epochs=3, loop_cost=1.0))
+    for ha, hb in zip(a.history, b.history):  # same rewards and exits; the loss is reported in its own units
+        assert (ha["reward"], ha["loops"], 1000 * ha["loss"]) == pytest.approx((hb["reward"], hb["loops"], hb["loss"]))
+    raw = train_gate(recurnet.LearnedGate(4, hidden=8), big, replace(config, epochs=3, normalize_reward=False))
+    assert raw.history[0]["reward"] < -100  # Eq. 11's raw units
 
 
 def test_running_mean_baseline_uses_past_episodes():

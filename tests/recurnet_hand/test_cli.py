@@ -52,6 +52,8 @@ def test_train_writes_model_results_and_figures(run_dir):
                  "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     assert "mean-pose baseline" in output and "3D AUC per loop" in output
+    # The printed table keeps headers and settings whole at the 80 columns of a log file.
+    assert "3D AUC" in output.replace("3D AUC per loop", "") and "tau_gate=0.25" in output and "…" not in output
     summary = json.loads((run / "summary.json").read_text())
     assert len(summary["auc3d_per_loop"]) == 3  # loops 0, 1, 2
     table = (run / "results.md").read_text()

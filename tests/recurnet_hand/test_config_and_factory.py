@@ -24,12 +24,20 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         ({"train": {"epochs": "x"}}, "train.epochs: expected an integer"),
         ({"model": {"preset": "nope"}}, "unknown preset 'nope'"),
         ({"train": {"protocol": "sideways"}}, "train.protocol must be one of"),
+        ({"train": {"lr": "fast"}}, "train.lr: expected a finite number"),
+        ({"train": {"lr": float("nan")}}, "train.lr: expected a finite number"),
     ],
 )
 def test_bad_config_names_the_key(data, message):
     with pytest.raises(ConfigError) as err:
         config_from_dict(data, source="run.yaml")
     assert message in str(err.value) and "run.yaml" in str(err.value)
+
+
+def test_yaml_exponent_without_a_dot_is_a_number(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train: {lr: 3e-3}\n")  # YAML 1.1 reads this as the string '3e-3'
+    assert load_config(path).train.lr == 0.003
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

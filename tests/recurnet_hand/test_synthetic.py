@@ -136,7 +136,6 @@ def test_cache_is_reused_without_rendering(cache, monkeypatch):
 @pytest.mark.parametrize("change, message", [
     ({"seed": 4}, "seed: cache has 3, requested 4"),
     ({"crop_size": 48}, "crop_size"),
-    ({"num_samples": 6}, "num_samples"),
     ({"side": "left"}, "side"),
 ])
 def test_cache_built_with_other_settings_is_refused(cache, change, message):
@@ -144,6 +143,51 @@ def test_cache_built_with_other_settings_is_refused(cache, change, message):
     with pytest.raises(CacheMismatchError, match=message):
         SyntheticHands(args["num_samples"], args["crop_size"], args["seed"], cache_dir=cache, workers=0,
                        side=args["side"], progress=False)
+
+
+def test_a_cache_serves_fewer_samples_and_extends_to_more(tmp_path, live, monkeypatch):
+    root = tmp_path / "c"
+    generate_synthetic_hands(root, 3, S, seed=3, workers=0, shard_size=2, progress=False)  # shards [0, 1] [2]
+    real = synthetic._Renderer.render
+    starts = []
+
+    def recording(self, seed, size, start, stop):
+        starts.append((start, stop))
+        return real(self, seed, size, start, stop)
+
+    monkeypatch.setattr(synthetic._Renderer, "render", recording)
+    fewer = SyntheticHands(2, S, seed=3, cache_dir=root, workers=0, progress=False)
+    assert len(fewer) == 2 and starts == []  # the first two samples, nothing rendered
+    more = SyntheticHands(5, S, seed=3, cache_dir=root, workers=0, progress=False)
+    assert starts == [(3, 5)]  # only the missing samples
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["num_samples"] == 5
+    assert [(e["start"], e["count"]) for e in manifest["shards"]] == [(0, 2), (2, 1), (3, 2)]
+    assert len(SyntheticHands(4, S, seed=3, cache_dir=root, workers=0, progress=False)) == 4 and len(starts) == 1
+    monkeypatch.setattr(synthetic._Renderer, "render", real)
+    for i in range(5):
+        assert torch.equal(more[i]["image"], live[i]["image"]) and torch.equal(more[i]["joints3d"], live[i]["joints3d"])
+
+
+def test_an_interrupted_extension_resumes(tmp_path, monkeypatch):
+    root = tmp_path / "c"
+    generate_synthetic_hands(root, 2, S, seed=0, workers=0, shard_size=2, progress=False)
+    real = synthetic._Renderer.render
+
+    def interrupted(self, seed, size, start, stop):
+        if start >= 4:
+            raise RuntimeError("interrupted")
+        return real(self, seed, size, start, stop)
+
+    monkeypatch.setattr(synthetic._Renderer, "render", interrupted)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate_synthetic_hands(root, 6, S, seed=0, workers=0, shard_size=2, progress=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["complete"] is False and len(manifest["shards"]) == 1  # the original cache, still listed
+    monkeypatch.setattr(synthetic._Renderer, "render", real)
+    ds = SyntheticHands(6, S, seed=0, cache_dir=root, workers=0, progress=False)
+    assert torch.equal(ds[5]["image"], SyntheticHands(6, S, seed=0)[5]["image"])
+    assert json.loads((root / "manifest.json").read_text())["complete"] is True
 
 
 def test_other_mano_model_or_generator_version_is_refused_and_rebuild_replaces(tmp_path, monkeypatch):

@@ -1,0 +1,28 @@
+"""The training pipeline behind ``recurnet-hand train``: stopping and resuming a run."""
+
+import csv
+
+from recurnet_hand.config import RunConfig, with_overrides
+from recurnet_hand.train import train
+
+
+def tiny_run(tmp_path):
+    return with_overrides(RunConfig(), {
+        "model.preset": "tiny", "model.max_loops": 1, "data.train_samples": 12, "data.test_samples": 6,
+        "data.workers": 0, "data.root": str(tmp_path / "cache"), "train.epochs": 2, "train.loop_epochs": 1,
+        "train.batch_size": 6, "gate.epochs": 1, "out_dir": str(tmp_path / "run"), "device": "cpu",
+    })
+
+
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
+    run = tiny_run(tmp_path)
+    out = tmp_path / "run"
+    assert train(run, progress=False, max_epochs=1) is None  # time-boxed: one epoch, no gate or evaluation
+    assert (out / "checkpoints" / "last.pt").is_file() and not (out / "model.pt").exists()
+
+    summary = train(run, resume=out / "checkpoints" / "last.pt", progress=False)
+    assert summary.model_path == out / "model.pt" and summary.model_path.is_file()
+    assert len(summary.auc3d_per_loop) == 2 and (out / "summary.json").is_file()
+    with open(out / "metrics.csv") as f:
+        epochs = [(r["phase"], r["epoch"]) for r in csv.DictReader(f) if r["name"] == "train/epoch_loss"]
+    assert epochs == [("0", "1"), ("0", "2"), ("1", "1")]  # every epoch once: nothing redone, nothing skipped
