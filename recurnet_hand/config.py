@@ -90,6 +90,8 @@ class ScheduleConfig:
         weight_decay: Adam weight decay.
         schedule: ``constant`` or ``cosine`` within each phase.
         grad_clip: gradient-norm clip (None: off).
+        lr_decay: progressive only: phase ``p`` trains all but the feedback decoder at
+            ``lr * lr_decay ** p`` (the paper's 1/10 per phase).
     """
 
     protocol: str = "progressive"
@@ -100,16 +102,19 @@ class ScheduleConfig:
     weight_decay: float = 0.0
     schedule: str = "cosine"
     grad_clip: float | None = 5.0
+    lr_decay: float = 0.1
 
     def __post_init__(self):
         if self.protocol not in PROTOCOL_NAMES:
             raise ConfigError(f"train.protocol must be one of {PROTOCOL_NAMES}, got {self.protocol!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
 
     def build(self, max_loops: int):
         """The :mod:`recurnet.training` protocol object for a network with ``max_loops``."""
         phases = (self.epochs,) + (self.loop_epochs,) * max_loops
         if self.protocol == "progressive":
-            return Progressive(phases)
+            return Progressive(phases, lr_decay=self.lr_decay)
         return EndToEnd(sum(phases))
 
 

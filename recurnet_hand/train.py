@@ -35,6 +35,7 @@ from recurnet.training import (
     evaluate,
     init_distributed,
     loss_metrics,
+    main_process_first,
     save_checkpoint,
     train_gate,
 )
@@ -226,7 +227,8 @@ def _train(run, resume, progress, max_epochs):
     show = bool(progress) if progress is not None else None
     torch.manual_seed(run.seed)
     net = build_dirnet(run.model)
-    train_set, test_set = build_data(run, progress=show is not False and context.is_main)
+    with main_process_first():  # rank 0 renders the synthetic cache; the others then read it
+        train_set, test_set = build_data(run, progress=show is not False and context.is_main)
     if context.is_main:  # only once the model and data are known to be valid
         save_config(run, out / "config.yaml")
     loss = HandLoss(run.loss, mano_regularisers=run.model.head == "mano")

@@ -11,7 +11,7 @@
 
 from .checkpoint import CheckpointError, ConfigMismatchError, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_from_dict, config_to_dict
-from .distributed import DistributedContext, cleanup_distributed, init_distributed
+from .distributed import DistributedContext, cleanup_distributed, init_distributed, main_process_first
 from .evaluation import evaluate, loss_metrics
 from .gate import (
     GateConfig,
@@ -48,6 +48,7 @@ __all__ = [
     "DistributedContext",
     "init_distributed",
     "cleanup_distributed",
+    "main_process_first",
     "evaluate",
     "loss_metrics",
     "MetricLogger",

@@ -16,14 +16,16 @@ of the loss (e.g. an uncertainty head whose loss weight is 0).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistributedContext", "init_distributed", "current_context", "cleanup_distributed", "unwrap"]
+__all__ = ["DistributedContext", "init_distributed", "current_context", "cleanup_distributed", "main_process_first", "unwrap"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,27 @@ def cleanup_distributed() -> None:
     """Leave the process group, if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (e.g. building a dataset cache).
+
+    The other ranks wait at a barrier until rank 0 has left the block, so they find
+    its files finished instead of writing the same files at the same time. If rank 0
+    fails inside the block it raises without reaching the barrier, and ``torchrun``
+    stops the waiting ranks. Outside a process group the block just runs.
+
+    Examples:
+        >>> with main_process_first():
+        ...     pass
+    """
+    context = current_context()
+    if context.enabled and not context.is_main:
+        dist.barrier()
+    yield
+    if context.enabled and context.is_main:
+        dist.barrier()
 
 
 def unwrap(model: nn.Module) -> nn.Module:

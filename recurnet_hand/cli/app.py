@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -36,7 +37,7 @@ def _friendly(command):
             if _state["debug"]:
                 raise
             message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-            _errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            _errors.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper

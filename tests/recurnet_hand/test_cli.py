@@ -113,6 +113,13 @@ def test_errors_are_one_line_with_exit_code_1(args, message, tmp_path):
     assert "Traceback" not in result.output
 
 
+def test_error_text_with_brackets_is_printed_as_is(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text('"[/odd]": 1\n')  # the message quotes the key, which looks like console markup
+    result = invoke("train", "--config", config)
+    assert result.exit_code == 1 and "[/odd]" in result.output and "Traceback" not in result.output
+
+
 def test_checkpoint_from_another_preset_and_unreadable_image(run_dir, tmp_path):
     root, _ = run_dir
     model = root / "run" / "model.pt"

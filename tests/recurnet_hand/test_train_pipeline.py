@@ -1,6 +1,10 @@
 """The training pipeline behind ``recurnet-hand train``: stopping and resuming a run."""
 
 import csv
+import subprocess
+import sys
+
+import pytest
 
 from recurnet_hand.config import RunConfig, with_overrides
 from recurnet_hand.train import train
@@ -26,3 +30,19 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     with open(out / "metrics.csv") as f:
         epochs = [(r["phase"], r["epoch"]) for r in csv.DictReader(f) if r["name"] == "train/epoch_loss"]
     assert epochs == [("0", "1"), ("0", "2"), ("1", "1")]  # every epoch once: nothing redone, nothing skipped
+
+
+@pytest.mark.slow
+def test_the_cli_trains_under_torchrun_with_two_processes(tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "recurnet_hand.cli",
+               "train", "--preset", "tiny", "--max-loops", "1", "--train-samples", "16", "--test-samples", "8",
+               "--epochs", "1", "--loop-epochs", "1", "--batch-size", "4", "--gate-epochs", "2", "--workers", "0",
+               "--data-root", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "run"), "--device", "cpu",
+               "--no-progress"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("3D AUC per loop") == 1  # one report, from rank 0
+    assert (tmp_path / "run" / "model.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        epochs = [(r["phase"], r["epoch"]) for r in csv.DictReader(f) if r["name"] == "train/epoch_loss"]
+    assert epochs == [("0", "1"), ("1", "1")]
