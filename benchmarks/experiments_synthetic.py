@@ -17,7 +17,7 @@ The results (good or bad) go to ``benchmarks/results/experiments_synthetic.md``,
 with ``experiments_synthetic_loops.png``: the distribution of the per-sample 3D
 error after each loop, progressive against end-to-end (the paper's Figure 8).
 
-Run (CPU, about 45 minutes at the defaults on 2 cores)::
+Run (CPU; the table records each training run's minutes, about an hour in all on 2 cores)::
 
     python benchmarks/experiments_synthetic.py
     python benchmarks/experiments_synthetic.py --quick      # minutes; checks the script, numbers mean little
@@ -26,10 +26,12 @@ Run (CPU, about 45 minutes at the defaults on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
 
 import recurnet  # noqa: E402
-from recurnet_hand.config import RunConfig, with_overrides  # noqa: E402
+from recurnet_hand.config import RunConfig, config_to_dict, with_overrides  # noqa: E402
 from recurnet_hand.train import default_cache_dir, train  # noqa: E402
 
 
@@ -58,6 +60,8 @@ def variants(max_loops: int) -> list[Variant]:
         Variant("3", "iterations with AMG", {"model.feedback": "attention"}, last),
         Variant("3", "with AMG + gate (tau_gate=1)", {"model.feedback": "attention"}, ("gate", "tau_gate=1")),
         Variant("3", "with AMG, end-to-end", {"model.feedback": "attention", "train.protocol": "end-to-end"}, last),
+        Variant("3", "with AMG, end-to-end + gate (tau_gate=1)",
+                {"model.feedback": "attention", "train.protocol": "end-to-end"}, ("gate", "tau_gate=1")),
     ]
     out += [Variant("2", f"loop point ({p})", {"model.loop_point": p}, last) for p in (1, 2, 3, 4)]
     out.append(Variant("peer", "timm resnet18, same head", {"model.backbone": "resnet18", "model.feedback": "none",
@@ -78,6 +82,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's cache; a temp folder with --quick)")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --out: reuse finished runs of the same configuration instead of training again")
     args = parser.parse_args(argv)
     if args.quick:
         args.preset, args.train_samples, args.test_samples = "tiny", 32, 16
@@ -91,44 +97,120 @@ def main(argv=None) -> Path:
             "data.test_samples": args.test_samples, "data.root": str(cache), "data.workers": args.workers,
             "train.epochs": args.epochs, "train.loop_epochs": args.loop_epochs, "device": str(device),
         })
-        table_rows, cache_runs, protocols = [], {}, {}
+        table_rows, results, cache_runs, protocols = [], {}, {}, {}
         for v in variants(args.max_loops):
             run = with_overrides(base, {**v.overrides, "out_dir": str(runs / f"run{len(cache_runs)}")})
             key = (run.model, run.train)  # variants trained alike share one run (and its gate)
-            if key in cache_runs:
-                summary, seconds = cache_runs[key]
-            else:
-                start = time.perf_counter()
-                summary = train(run, progress=False)
-                seconds = time.perf_counter() - start
-                cache_runs[key] = (summary, seconds)
-            row = next(r for r in summary.rows if (r.policy, r.setting) == v.row)
-            net = _load(summary.model_path)
-            net_params = recurnet.count_params(net) - recurnet.count_params(net.policy if v.row[0] != "gate" else None)
-            table_rows.append((v.table, v.label, f"{net_params / 1e3:.0f}K", f"{row.mean_gmacs:.4f}",
-                               f"{row.mean_loops:.2f}", f"{row.auc3d:.3f}", f"{row.epe3d:.1f}", f"{row.epe2d:.2f}",
-                               f"{summary.baseline_auc3d:.3f}", f"{seconds / 60:.1f}"))
+            if key not in cache_runs:
+                cache_runs[key] = _run(run, reuse=args.reuse)
+            done = cache_runs[key]
+            row = next(r for r in done["rows"] if (r["policy"], r["setting"]) == v.row)
+            per_loop = " / ".join(f"{a:.3f}" for a in done["auc3d_per_loop"])
+            table_rows.append((v.table, v.label, f"{done['params'][v.row[0] == 'gate'] / 1e3:.0f}K",
+                               f"{row['mean_gmacs']:.4f}", f"{row['mean_loops']:.2f}", f"{row['auc3d']:.3f}",
+                               per_loop, f"{row['epe3d']:.1f}", f"{row['epe2d']:.2f}", f"{done['baseline_auc3d']:.3f}",
+                               f"{done['seconds'] / 60:.1f}"))
+            results[v.label] = {**row, "per_loop": done["auc3d_per_loop"], "baseline": done["baseline_auc3d"],
+                                "params": done["params"][v.row[0] == "gate"]}
             print(" | ".join(table_rows[-1]), flush=True)
             if v.label in ("iterations with AMG", "with AMG, end-to-end"):
-                protocols[run.train.protocol] = (run, summary.model_path)
+                protocols[run.train.protocol] = (run, Path(done["model_path"]))
         figure = _protocol_figure(protocols, Path(args.results_dir) / "experiments_synthetic_loops.png")
-    headers = ["table", "variant", "params", "mean GMACs", "mean loops", "3D AUC 0-50mm", "3D EPE mm", "2D EPE px",
-               "mean-pose AUC", "train min"]
+    headers = ["table", "variant", "params", "mean GMACs", "mean loops", "3D AUC 0-50mm", "3D AUC per loop",
+               "3D EPE mm", "2D EPE px", "mean-pose AUC", "train min"]
     body = "\n".join([
         f"Synthetic hands at {base.model.crop_size} px: {args.train_samples} training and {args.test_samples} test "
         f"images; progressive training (unless marked end-to-end, which trains the same total number of "
         f"epochs), {args.epochs} epochs for loop 0 and {args.loop_epochs} per later loop, max_loops="
-        f"{args.max_loops}, preset `{args.preset}`, one seed. Rows without a gate report the last loop. "
+        f"{args.max_loops}, preset `{args.preset}`, one seed. Rows without a gate report the last loop; "
+        "'3D AUC per loop' lists the AUC after loops 0, 1, ... of the same network. "
         "'mean-pose AUC' is the AUC of always predicting the training set's mean root-relative pose. GMACs are "
-        "counted multiply-adds per image. The gate is trained with the normalised reward (`loss_scale=20`: a "
-        "loop must lower a sample's loss by 5 % of the average loss).",
+        f"counted multiply-adds per image. The gate is trained with the normalised reward (`loss_scale="
+        f"{base.gate.loss_scale:g}`: a loop must lower a sample's loss by {100 / base.gate.loss_scale:g} % of the "
+        "average loss).",
         "",
         markdown_table(headers, table_rows, "ll" + "r" * (len(headers) - 2)),
+        "",
+        "What happened (computed from the table):",
+        "",
+        *[f"- {line}" for line in findings(results)],
         "",
         f"Per-sample 3D error after each loop, progressive against end-to-end: `{figure.name}`.",
     ])
     return write_results("experiments_synthetic", "Synthetic-hand experiments (Tables 2 and 3 shapes)", body,
                          results_dir=args.results_dir, argv=argv, device=device, timed=False)
+
+
+def _run(run: RunConfig, *, reuse: bool) -> dict:
+    """Train ``run`` (or, with ``reuse``, read a finished run of the same configuration) and its record."""
+    record_path = Path(run.out_dir) / "experiment.json"
+    config = config_to_dict(run)
+    config["data"].pop("root")  # where the synthetic cache lives does not change its images
+    if reuse and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("config") == config and Path(record.get("model_path", "")).is_file():
+            return record
+    start = time.perf_counter()
+    summary = train(run, progress=False)
+    seconds = time.perf_counter() - start
+    net = _load(summary.model_path)
+    without_gate = recurnet.count_params(net) - recurnet.count_params(net.policy)
+    record = {"config": config, "seconds": seconds, "model_path": str(summary.model_path),
+              "rows": [asdict(r) for r in summary.rows], "auc3d_per_loop": summary.auc3d_per_loop,
+              "baseline_auc3d": summary.baseline_auc3d,
+              "params": [without_gate, recurnet.count_params(net)]}  # [network, network + gate]
+    tmp = record_path.with_name(".experiment.json.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, record_path)
+    return record
+
+
+def findings(results: dict) -> list[str]:
+    """Plain statements about the table, each computed from its numbers."""
+    out = []
+
+    def loops(label):
+        a = results[label]["per_loop"]
+        return f"{a[0]:.3f} after loop 0 and {a[-1]:.3f} after loop {len(a) - 1}"
+
+    amg, e2e = results.get("iterations with AMG"), results.get("with AMG, end-to-end")
+    if amg and e2e:
+        gain = {k: r["per_loop"][-1] - r["per_loop"][0] for k, r in (("p", amg), ("e", e2e))}
+        out.append(f"Refinement: trained progressively, the AMG network scores {loops('iterations with AMG')} "
+                   f"({gain['p']:+.3f}); trained end-to-end, {loops('with AMG, end-to-end')} ({gain['e']:+.3f}).")
+    feats = results.get("iterations without AMG")
+    if feats and amg:
+        out.append(f"Feedback: at the last loop, attention feedback (AMG) gives {amg['auc3d']:.3f} and plain "
+                   f"feature feedback {feats['auc3d']:.3f} ({loops('iterations without AMG')}).")
+    for label, full in (("with AMG + gate (tau_gate=1)", amg), ("with AMG, end-to-end + gate (tau_gate=1)", e2e)):
+        gate = results.get(label)
+        if gate and full:
+            out.append(f"Gate ({label.split(' + ')[0]}): {gate['mean_loops']:.2f} loops on average at "
+                       f"{gate['mean_gmacs']:.4f} GMACs and AUC {gate['auc3d']:.3f}, against "
+                       f"{full['mean_gmacs']:.4f} GMACs and {full['auc3d']:.3f} for always running every loop.")
+    points = {k: r for k, r in results.items() if k.startswith("loop point")}
+    if points:
+        best = max(points, key=lambda k: points[k]["auc3d"])
+        cheap = min(points, key=lambda k: points[k]["mean_gmacs"])
+        out.append(f"Loop points: the best AUC is {best} ({points[best]['auc3d']:.3f} at "
+                   f"{points[best]['mean_gmacs']:.4f} GMACs); the cheapest is {cheap} "
+                   f"({points[cheap]['auc3d']:.3f} at {points[cheap]['mean_gmacs']:.4f} GMACs).")
+    peer = next((r for k, r in results.items() if k.startswith("timm resnet18")), None)
+    if peer:
+        ours = {k: r for k, r in results.items() if not k.startswith("timm")}
+        best = max(ours, key=lambda k: ours[k]["auc3d"])
+        r = ours[best]
+        out.append(f"Peer: resnet18 with the same head reaches {peer['auc3d']:.3f} with {peer['params'] / 1e6:.1f}M "
+                   f"parameters and {peer['mean_gmacs']:.3f} GMACs; the best DIR-Net row ({best}) reaches "
+                   f"{r['auc3d']:.3f} with {r['params'] / 1e6:.2f}M parameters and {r['mean_gmacs']:.4f} GMACs "
+                   f"({peer['mean_gmacs'] / r['mean_gmacs']:.0f}x fewer multiply-adds).")
+    if results:
+        worst = min(r["auc3d"] - r["baseline"] for r in results.values())
+        base = next(iter(results.values()))["baseline"]
+        out.append(f"Every row is above the mean-pose baseline ({base:.3f})" if worst > 0 else
+                   f"Some rows do not beat the mean-pose baseline ({base:.3f})")
+        out[-1] += f"; the smallest margin is {worst:+.3f} AUC."
+    return out
 
 
 def _protocol_figure(protocols: dict, path: Path) -> Path:

@@ -197,6 +197,13 @@ class VarianceThreshold:
 class LearnedGate(nn.Module):
     """Learned exit gate: two linear layers on the uncertainty features giving ``[NOT_EXIT, EXIT]`` logits.
 
+    The features are first standardised with per-feature statistics kept as buffers
+    (``input_mean``, ``input_std``; identity until :meth:`fit_input` sets them from
+    training features, as :func:`recurnet.training.train_gate` does). Uncertainty
+    features can be large; unscaled, they saturate the softmax of a freshly
+    initialised gate, whose log-probabilities then have no gradient, so policy
+    gradient never moves it from its random first preference.
+
     At decision time the logits are divided by ``temperature`` (``tau_gate``) and
     softmaxed; ``mode="sample"`` draws the action (the paper's inference),
     ``mode="greedy"`` takes the likelier one. Sampling draws one uniform number
@@ -222,8 +229,22 @@ class LearnedGate(nn.Module):
     def __init__(self, in_features: int, hidden: int = 64, temperature: float = 1.0, mode: str = "sample"):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, 2))
+        self.register_buffer("input_mean", torch.zeros(in_features))
+        self.register_buffer("input_std", torch.ones(in_features))
         self.temperature = temperature
         self.mode = mode
+
+    @torch.no_grad()
+    def fit_input(self, features: torch.Tensor, eps: float = 1e-6) -> None:
+        """Set the input standardisation from example features ``(..., in_features)``."""
+        flat = features.detach().reshape(-1, features.shape[-1]).float()
+        if flat.shape[-1] != self.input_mean.numel():
+            raise ValueError(f"features have {flat.shape[-1]} channels, the gate expects {self.input_mean.numel()}")
+        if not torch.isfinite(flat).all():
+            raise ValueError("cannot fit the gate's input statistics: the features contain NaN or inf")
+        self.input_mean.copy_(flat.mean(dim=0))
+        self.input_std.copy_(flat.std(dim=0, unbiased=False).clamp_min(eps) if flat.shape[0] > 1
+                             else torch.ones_like(self.input_std))
 
     @property
     def temperature(self) -> float:
@@ -248,7 +269,7 @@ class LearnedGate(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, in_features)`` -> ``(B, 2)`` logits ``[NOT_EXIT, EXIT]`` (temperature not applied)."""
-        return self.net(features)
+        return self.net((features - self.input_mean) / self.input_std)
 
     def probabilities(self, features: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         """``(B, 2)`` action probabilities ``softmax(logits / tau_gate)``."""

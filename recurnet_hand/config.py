@@ -137,7 +137,7 @@ class GateSettings:
 
     enabled: bool = True
     epochs: int = 40
-    loss_scale: float = 20.0
+    loss_scale: float = 50.0
     normalize_reward: bool = True
     hidden: int = 64
     temperatures: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)

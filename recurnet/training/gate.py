@@ -228,6 +228,8 @@ class GateConfig:
         entropy_weight: bonus on the decisions' entropy (0 = vanilla policy gradient).
         temperature: ``tau_gate`` while training.
         seed: seeds the episode order and the sampled actions.
+        fit_input: set the gate's input standardisation from the rollout features first
+            (:meth:`recurnet.LearnedGate.fit_input`).
     """
 
     epochs: int = 30
@@ -242,6 +244,7 @@ class GateConfig:
     entropy_weight: float = 0.0
     temperature: float = 1.0
     seed: int = 0
+    fit_input: bool = True
 
     def __post_init__(self):
         BASELINES.get(self.baseline)
@@ -326,6 +329,8 @@ def train_gate(
         raise ValueError("the gate needs a network with max_loops >= 1 (there is nothing to decide)")
     feats_all = rollouts.features
     device = next(gate.parameters()).device
+    if config.fit_input:
+        gate.fit_input(feats_all[:-1].to(device))  # the features the gate decides on (not the last loop's)
     costs = _loop_costs(cost, config, last)
     rewards_all = _rewards(rollouts.loss, costs, config)  # (L + 1, N)
     offsets = rewards_all.mean(dim=0) if config.sample_baseline else torch.zeros(rewards_all.shape[1])

@@ -89,7 +89,7 @@ def train(
     gate_epochs: Annotated[Optional[int], typer.Option(help="Policy-gradient epochs of the gate.")] = None,
     gate_lambda: Annotated[Optional[float], typer.Option(
         help="lambda of the gate's reward: a loop is worth it when it lowers a sample's loss by more than "
-             "1/lambda of the average loss (default 20).")] = None,
+             "1/lambda of the average loss (default 50).")] = None,
     train_samples: Annotated[Optional[int], typer.Option(help="Synthetic training images.")] = None,
     test_samples: Annotated[Optional[int], typer.Option(help="Synthetic test images.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Rendering / loading processes.")] = None,

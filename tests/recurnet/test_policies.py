@@ -200,13 +200,29 @@ def test_sampling_uses_the_full_batch_position():
 
 def test_gate_in_the_net_is_seedable(make_net, make_images):
     net = make_net("resnet", max_loops=3).eval()
-    net.policy = _gate(mode="sample", temperature=5.0)
-    net.policy.net[0] = nn.Linear(128, 16)  # read the 128 uncertainty features
+    torch.manual_seed(0)
+    net.policy = LearnedGate(128, hidden=16, mode="sample", temperature=5.0)  # the 128 uncertainty features
     x = make_images(16)
     with torch.no_grad():
         runs = [net(x, generator=torch.Generator().manual_seed(s)).exit_step for s in (0, 0, 1)]
     assert torch.equal(runs[0], runs[1])
     assert not torch.equal(runs[0], runs[2])
+
+
+def test_gate_standardises_its_input_so_large_features_do_not_saturate_it():
+    gate = _gate()
+    feats = 500.0 + 200.0 * torch.randn(256, 8)  # uncertainty features can be far from unit scale
+    saturated = gate.probabilities(feats).max(dim=1).values
+    gate.fit_input(feats)
+    torch.testing.assert_close(gate.input_mean, feats.mean(0))
+    torch.testing.assert_close(gate.input_std, feats.std(0, unbiased=False))
+    fitted = gate.probabilities(feats).max(dim=1).values
+    assert saturated.min() > 0.999 and fitted.median() < 0.9  # undecided before training, so it can learn
+    assert "input_mean" in gate.state_dict() and "input_std" in gate.state_dict()
+    with pytest.raises(ValueError, match="NaN or inf"):
+        gate.fit_input(torch.full((4, 8), float("nan")))
+    with pytest.raises(ValueError, match="expects 8"):
+        gate.fit_input(torch.zeros(4, 3))
 
 
 @pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
