@@ -25,7 +25,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistributedContext", "init_distributed", "current_context", "cleanup_distributed", "main_process_first", "unwrap"]
+__all__ = [
+    "DistributedContext",
+    "init_distributed",
+    "current_context",
+    "cleanup_distributed",
+    "main_process_first",
+    "unwrap",
+]
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,8 @@ def train(
         "data.mix_root": None if mix_root is None else str(mix_root), "data.train_samples": train_samples,
         "data.test_samples": test_samples, "data.workers": workers, "train.protocol": protocol,
         "train.epochs": epochs, "train.loop_epochs": loop_epochs, "train.batch_size": batch_size, "train.lr": lr,
-        "gate.enabled": gate, "gate.epochs": gate_epochs, "gate.loss_scale": gate_lambda, "seed": seed, "device": device,
+        "gate.enabled": gate, "gate.epochs": gate_epochs, "gate.loss_scale": gate_lambda, "seed": seed,
+        "device": device,
         "out_dir": None if out_dir is None else str(out_dir),
     })
     summary = run_training(run, resume=resume, progress=progress)

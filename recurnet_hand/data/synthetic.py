@@ -209,6 +209,12 @@ def _read_manifest(root: Path) -> dict | None:
         manifest = json.loads(path.read_text())
         if manifest.get("format") != _FORMAT:
             raise ValueError(f"format is {manifest.get('format')!r}, expected {_FORMAT!r}")
+        shards = manifest.get("shards")
+        if not isinstance(shards, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("file"), str)
+                and all(isinstance(e.get(k), int) and e[k] >= 0 for k in ("start", "count", "bytes"))
+                for e in shards):
+            raise ValueError("'shards' must be a list of {file, start, count, bytes} entries")
     except (ValueError, AttributeError) as err:
         raise SyntheticCacheError(f"{path}: not a synthetic-hands manifest ({err})") from err
     return manifest
@@ -438,18 +444,14 @@ def generate_synthetic_hands(
             _clear(root)
             manifest = None
         else:
-            keep = list(manifest.get("shards", []))
+            keep = list(manifest["shards"])
             have = sum(e["count"] for e in keep)
-            if have >= settings["num_samples"]:
-                if not manifest.get("complete"):  # an interrupted extension asked for more than is needed now
-                    manifest = {**manifest, "num_samples": have, "complete": True}
-                    _ShardReader(root, manifest)
-                    _write_json(root / _MANIFEST, manifest)
-                    return root
-                _ShardReader(root, manifest)  # fails early, naming the file, if a shard was damaged
-                return root
-            if keep:
+            if keep:  # fails early, naming the file, if a listed shard was damaged
                 _ShardReader(root, {"crop_size": settings["crop_size"], "shards": keep})
+            if have >= settings["num_samples"]:
+                if not manifest.get("complete"):  # an interrupted extension listed more than is needed now
+                    _write_json(root / _MANIFEST, {**manifest, "num_samples": have, "complete": True})
+                return root
             shard_size = int(manifest.get("shard_size", shard_size))
     for stale in root.glob(".*.tmp-*"):  # left by a killed build
         stale.unlink()

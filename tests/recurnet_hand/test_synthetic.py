@@ -169,6 +169,16 @@ def test_a_cache_serves_fewer_samples_and_extends_to_more(tmp_path, live, monkey
         assert torch.equal(more[i]["image"], live[i]["image"]) and torch.equal(more[i]["joints3d"], live[i]["joints3d"])
 
 
+@pytest.mark.parametrize("shards", ["none", [{"file": "shard-00000.npz", "start": 0}], [3]])
+def test_a_manifest_with_a_bad_shard_list_is_refused_naming_it(tmp_path, shards):
+    root = tmp_path / "c"
+    generate_synthetic_hands(root, 2, S, seed=0, workers=0, progress=False)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "shards": shards}))
+    with pytest.raises(SyntheticCacheError, match="manifest.json: not a synthetic-hands manifest .*'shards'"):
+        generate_synthetic_hands(root, 2, S, seed=0, workers=0, progress=False)
+
+
 def test_an_interrupted_extension_resumes(tmp_path, monkeypatch):
     root = tmp_path / "c"
     generate_synthetic_hands(root, 2, S, seed=0, workers=0, shard_size=2, progress=False)
