@@ -85,6 +85,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--reuse", action="store_true",
                         help="with --out: reuse finished runs of the same configuration instead of training again")
     args = parser.parse_args(argv)
+    if args.reuse and args.out is None:
+        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
     if args.quick:
         args.preset, args.train_samples, args.test_samples = "tiny", 32, 16
         args.epochs, args.loop_epochs, args.max_loops = 1, 1, 2

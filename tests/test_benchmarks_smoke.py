@@ -222,3 +222,9 @@ def test_experiments_synthetic_quick(bench, tmp_path):
                   "loop point (1)", "loop point (4)", "timm resnet18"):
         assert label in text
     assert (tmp_path / "experiments_synthetic_loops.png").stat().st_size > 0
+
+
+def test_experiments_synthetic_reuse_needs_a_runs_folder(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench("experiments_synthetic").main(["--quick", "--reuse"])
+    assert "--reuse needs --out" in capsys.readouterr().err
