@@ -38,10 +38,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 import recurnet
 from recurnet import LoopState
+from recurnet.cost import flop_counter_mode
 
 RESULTS = Path(__file__).parent / "results" / "compaction.md"
 FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -108,7 +108,7 @@ def cross_check(net: recurnet.LoopedNet, size: int) -> tuple[int, int]:
     x = torch.randn(4, 3, size, size)
     with torch.no_grad():
         net(x[:1])  # count the cost model before the measured call
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter_mode() as counter:
             out = net(x, exit="compact")
     return counter.get_total_flops() // 2, int(out.macs.sum())
 

@@ -146,7 +146,9 @@ class UnrolledNet(nn.Module):
             if self.uncertainty is not None:
                 hidden = self.uncertainty.hidden(pooled)
                 for name, project in self.uncertainty.project.items():
-                    out[f"log_variance/{name}"] = project(hidden).view(x.shape[0], *self.uncertainty.shapes[name])
+                    a = project(hidden).view(x.shape[0], *self.uncertainty.shapes[name])
+                    bound = self.uncertainty.bound
+                    out[f"log_variance/{name}"] = a if bound is None else bound * torch.tanh(a / bound)
             outputs.append(out)
             if l + 1 < len(self.refiners):
                 x_in = feats * torch.sigmoid(self.decoder(h))

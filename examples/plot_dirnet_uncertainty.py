@@ -4,17 +4,12 @@ DIR-Net on synthetic hands: joints and their uncertainty, loop by loop
 
 DIR-Net predicts, at every iteration of its loop, the 21 hand joints and one
 log-variance ``alpha = log sigma^2`` per joint: how far off it expects each joint to
-be. This example builds the small ``tiny`` preset, fits it for a few seconds on
-rendered synthetic hands (no dataset or MANO licence needed), and draws each
-iteration's 2D joints with a Gaussian blob of standard deviation ``sigma`` around
-every joint. Finally the variances decide the exits: a
-:class:`recurnet.VarianceThreshold` lets confident samples stop early.
-
-A few seconds of training on a hundred images gives a network that has learned
-where hands are and, joint by joint, how unsure it is, while its poses are still
-close to an average hand: the point here is the mechanics. With longer training the
-joints follow each hand's pose and, since the variances track the errors, the blobs
-tighten.
+be. This example loads the small DIR-Net that ships with the package (the ``cpu``
+preset, trained on synthetic hands by ``benchmarks/default_run.py --ship``, the
+same job as ``recurnet-hand train``), runs it on held-out rendered hands, draws every
+iteration's joints with a blob of its predicted ``sigma`` around each joint, checks
+that the predicted variances track the actual errors, and lets the variances decide
+the exits.
 """
 
 import matplotlib.pyplot as plt
@@ -25,86 +20,44 @@ from torch.utils.data import default_collate
 import recurnet
 import recurnet_hand
 from recurnet_hand.data.synthetic import SyntheticHands
-from recurnet_hand.joints import JOINT_NAMES, PARENTS
-
-torch.manual_seed(0)
+from recurnet_hand.evaluation import predicted_sigma_mm
+from recurnet_hand.inference import load_model
+from recurnet_hand.joints import PARENTS
 
 # %%
-# The model and the data
-# ----------------------
-# ``preset("tiny")`` is IR9 at base width 8 on 96 px crops with up to three
-# loops; without a MANO path it poses the procedural hand model that ships with
-# the package. :class:`~recurnet_hand.data.synthetic.SyntheticHands` renders
-# MANO hands in random poses over clutter, with exact 2D (crop pixels) and 3D
-# (millimetres, camera frame) labels; sample ``i`` depends only on the seed.
+# The model and some unseen hands
+# -------------------------------
+# :func:`~recurnet_hand.inference.load_model` rebuilds the network from its
+# ``model.pt`` (configuration, weights and learned gate). The test hands come from
+# a seed the model never saw in training, with the same ``stb`` viewpoints
+# (third-person views, palm or back towards the camera).
 
-config = recurnet_hand.preset("tiny")
-net = recurnet_hand.build_dirnet(config)
-print(config)
-
-hands = SyntheticHands(num_samples=144, crop_size=config.crop_size, seed=0, progress=False)
+net, run = load_model(recurnet_hand.SHIPPED_MODEL)
+size = run.model.crop_size
+print(run.model)
+hands = SyntheticHands(num_samples=64, crop_size=size, seed=4242, viewpoint=run.data.viewpoint)
 data = default_collate([hands[i] for i in range(len(hands))])
-train = {k: v[:128] for k, v in data.items()}
-shown = {k: v[128:] for k, v in data.items()}
-print({k: tuple(v.shape) for k, v in train.items()})
+truth2d = data["joints2d"].numpy()
+truth3d = (data["joints3d"] - data["joints3d"][:, :1]).numpy()
 
 # %%
-# A short fit with uncertainty-aware losses
-# -----------------------------------------
-# Each iteration's joints enter a Gaussian negative log-likelihood with the
-# predicted per-joint variance (``sigma^2`` per coordinate): for a joint with
-# squared error ``d^2`` in ``k`` dimensions, ``d^2 / (2 sigma^2) + k/2 log sigma^2``.
-# The variance learns to follow the error it accompanies. 2D errors are in crop
-# pixels; 3D errors are root-relative (the model predicts the hand about its
-# wrist) and taken in centimetres here, so that both terms start at a similar
-# size.
+# Every iteration at once
+# -----------------------
+# ``exit="all"`` computes every iteration for every hand. The 3D joints are in
+# millimetres, root-relative; the 2D joints in crop pixels. The log-variances are of
+# the training loss's normalised errors: per coordinate, ``sigma = unit * exp(alpha / 2)``
+# with the unit 100 mm in 3D and an eighth of the crop in 2D.
 
-
-def gaussian_nll(pred, target, log_var):
-    """Mean NLL of ``(B, 21, k)`` points under per-joint variances ``exp(log_var)`` ``(B, 21, 1)``."""
-    log_var = log_var.clamp(-6.0, 14.0)  # keeps exp(-log_var) finite early in training
-    sq = (pred - target).pow(2).sum(-1, keepdim=True)
-    return (0.5 * torch.exp(-log_var) * sq + 0.5 * pred.shape[-1] * log_var).mean()
-
-
-optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
-net.train()
-for epoch in range(16):
-    order = torch.randperm(128)
-    for start in range(0, 128, 16):
-        idx = order[start : start + 16]
-        target2d = train["joints2d"][idx]
-        target3d_cm = (train["joints3d"][idx] - train["joints3d"][idx, :1]) / 10.0
-        out = net(train["image"][idx], count_cost=False)
-        loss = sum(
-            gaussian_nll(y["joints2d"], target2d, a["joints2d"])
-            + gaussian_nll(y["joints3d"] / 10.0, target3d_cm, a["joints3d"])
-            for y, a in zip(out.iterations, out.log_variance)
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    if epoch % 4 == 3:
-        print(f"epoch {epoch}: summed loss {loss.item():.2f}")
-
-# %%
-# Every iteration of a few unseen hands
-# -------------------------------------
-# Run the held-out hands with ``exit="all"`` so every iteration is computed, and
-# turn each joint's log-variance into a standard deviation in pixels,
-# ``sigma = exp(alpha / 2)``. The grid shows each hand's ground truth and then
-# every iteration's joints, each joint under a Gaussian blob of its own
-# ``sigma``: wide blobs mark the joints the network is least sure of.
-
-net.eval()
 with torch.no_grad():
-    out = net(shown["image"], exit="all")
-joints = torch.stack([y["joints2d"] for y in out.iterations]).numpy()  # (L + 1, B, 21, 2) px
-sigma = torch.stack([a["joints2d"] for a in out.log_variance]).div(2).exp()[..., 0].numpy()  # (L + 1, B, 21) px
-truth = shown["joints2d"].numpy()
+    out = net(data["image"], exit="all")
+joints2d = torch.stack([y["joints2d"] for y in out.iterations]).numpy()  # (L + 1, B, 21, 2) px
+joints3d = torch.stack([y["joints3d"] for y in out.iterations]).numpy()  # (L + 1, B, 21, 3) mm
+unit_2d = run.loss.unit_2d * size
+sigma2d = torch.stack([a["joints2d"] for a in out.log_variance]).div(2).exp()[..., 0].numpy() * unit_2d
 for l in range(out.num_iterations):
-    error = np.linalg.norm(joints[l] - truth, axis=-1).mean()
-    print(f"iteration {l}: mean 2D error {error:.1f} px, mean predicted sigma {sigma[l].mean():.1f} px")
+    e3 = np.linalg.norm(joints3d[l] - truth3d, axis=-1).mean()
+    e2 = np.linalg.norm(joints2d[l] - truth2d, axis=-1).mean()
+    print(f"iteration {l}: mean 3D error {e3:.1f} mm, 2D error {e2:.1f} px, predicted 2D sigma {sigma2d[l].mean():.1f} px")
 
 
 def uncertainty_map(points, stds, size):
@@ -123,17 +76,17 @@ def draw_hand(ax, points, colour):
     ax.scatter(*points.T, s=6, color=colour, zorder=3)
 
 
-rows, size = 3, config.crop_size
+rows = 4
 fig, axes = plt.subplots(rows, out.num_iterations + 1, figsize=(2.2 * (out.num_iterations + 1), 2.3 * rows))
 for r in range(rows):
-    image = shown["image"][r].permute(1, 2, 0).numpy()
+    image = data["image"][r].permute(1, 2, 0).numpy()
     axes[r, 0].imshow(image)
-    draw_hand(axes[r, 0], truth[r], "lime")
+    draw_hand(axes[r, 0], truth2d[r], "lime")
     for l in range(out.num_iterations):
         ax = axes[r, l + 1]
         ax.imshow(image)
-        ax.imshow(uncertainty_map(joints[l, r], sigma[l, r], size), cmap="inferno", alpha=0.55, vmin=0, vmax=1)
-        draw_hand(ax, joints[l, r], "cyan")
+        ax.imshow(uncertainty_map(joints2d[l, r], sigma2d[l, r], size), cmap="inferno", alpha=0.45, vmin=0, vmax=1)
+        draw_hand(ax, joints2d[l, r], "cyan")
 for l, ax in enumerate(axes[0]):
     ax.set_title("ground truth" if l == 0 else f"iteration {l - 1}", fontsize=9)
 for ax in axes.flat:
@@ -143,40 +96,42 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# Which joints is it unsure about?
+# Do the variances mean something?
 # --------------------------------
-# Mean predicted ``sigma`` per joint over the held-out hands, next to the mean
-# actual error of that joint. For a 2D Gaussian with ``sigma^2`` per coordinate
-# the expected distance is about ``1.25 sigma``, so an honest model puts the
-# dots near the tops of the bars (scaled by 1.25).
+# Sort the hands by their predicted 3D uncertainty and compare with their actual
+# 3D errors. :func:`~recurnet_hand.evaluation.predicted_sigma_mm` turns the 3D
+# log-variances into the expected RMS joint error in millimetres; a calibrated model
+# lies on the diagonal, and a useful one at least orders hands by error (rank
+# correlation well above 0), which is what the variance threshold and the gate rely on.
 
-errors = np.linalg.norm(joints - truth[None], axis=-1)  # (L + 1, B, 21) px
 last = out.num_iterations - 1
-x = np.arange(len(JOINT_NAMES))
-fig, ax = plt.subplots(figsize=(10, 3.8))
-ax.bar(x - 0.2, 1.25 * sigma[0].mean(axis=0), 0.4, label="1.25 sigma, iteration 0")
-ax.bar(x + 0.2, 1.25 * sigma[last].mean(axis=0), 0.4, label=f"1.25 sigma, iteration {last}")
-ax.plot(x - 0.2, errors[0].mean(axis=0), "k.", label="actual error, iteration 0")
-ax.plot(x + 0.2, errors[last].mean(axis=0), "kx", label=f"actual error, iteration {last}")
-ax.set_xticks(x, JOINT_NAMES, rotation=60, ha="right", fontsize=8)
-ax.set_ylabel("pixels")
-ax.legend(fontsize=8, ncol=2)
+sigma3d = predicted_sigma_mm(out.log_variance[last]["joints3d"], run.loss.unit_3d_mm).numpy()  # (B, 21) mm
+error3d = np.linalg.norm(joints3d[last] - truth3d, axis=-1)  # (B, 21) mm
+rank = np.corrcoef(np.argsort(np.argsort(sigma3d.mean(1))), np.argsort(np.argsort(error3d.mean(1))))[0, 1]
+fig, ax = plt.subplots(figsize=(4.6, 4.2))
+ax.scatter(np.sqrt((sigma3d**2).mean(1)), np.sqrt((error3d**2).mean(1)), s=12)
+top = max(ax.get_xlim()[1], ax.get_ylim()[1])
+ax.plot([0, top], [0, top], "--", color="grey", linewidth=1)
+ax.set_xlabel("predicted RMS joint error (mm)")
+ax.set_ylabel("actual RMS joint error (mm)")
+ax.set_title(f"one dot per hand; rank correlation {rank:.2f}", fontsize=9)
 fig.tight_layout()
 plt.show()
 
 # %%
 # Letting the variances decide the exits
 # --------------------------------------
-# With a :class:`recurnet.VarianceThreshold` on the 2D joints, a sample stops
-# as soon as its mean predicted variance (px\ :sup:`2`) falls below the
-# threshold. Here the threshold is the median variance after iteration 0, so
-# roughly half the hands stop at once; in eval mode the run is compacted, and
-# ``out.macs`` counts what each hand cost.
+# With a :class:`recurnet.VarianceThreshold` on the 3D joints, a hand stops as soon
+# as its mean predicted variance falls below the threshold. Here the threshold is
+# the median variance after iteration 0, so about half the hands stop at once; in
+# eval mode the run is compacted, and ``out.macs`` counts what each hand cost.
 
 with torch.no_grad():
-    variance0 = out.log_variance[0]["joints2d"].exp().mean(dim=(1, 2))
-    net.policy = recurnet.VarianceThreshold(float(variance0.median()), outputs=["joints2d"])
-    dynamic = net(shown["image"])
+    variance0 = out.log_variance[0]["joints3d"].exp().mean(dim=(1, 2))
+    net.policy = recurnet.VarianceThreshold(float(variance0.median()), outputs=["joints3d"])
+    dynamic = net(data["image"])
+error = np.linalg.norm(dynamic.final["joints3d"].numpy() - truth3d, axis=-1).mean()
 print("exit steps:", dynamic.exit_step.tolist())
 print(f"mean loops {dynamic.mean_loops:.2f}, mean {dynamic.mean_macs / 1e6:.1f} MMACs per hand "
-      f"(all iterations: {net.cost_model((3, size, size)).macs_until(net.max_loops) / 1e6:.1f} MMACs)")
+      f"(all iterations: {net.cost_model((3, size, size)).macs_until(net.max_loops) / 1e6:.1f} MMACs), "
+      f"mean 3D error {error:.1f} mm")

@@ -20,9 +20,37 @@ from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
+from torch.utils import flop_counter
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["ComponentCost", "CostModel", "count_macs", "count_params"]
+__all__ = ["ComponentCost", "CostModel", "count_macs", "count_params", "flop_counter_mode"]
+
+
+def _cpu_flash_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _missing_formulas() -> dict:
+    """Formulas for ops that some torch releases' counter lacks.
+
+    Scaled dot-product attention on the CPU dispatches to
+    ``aten._scaled_dot_product_flash_attention_for_cpu``, which the counter of some
+    releases (2.14, for one) does not know: attention would count as zero on real CPU
+    tensors while the same model counts it on the meta device. The formula is the
+    counter's own for the other attention kernels.
+    """
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if op is None or op in flop_counter.flop_registry or op.default in flop_counter.flop_registry:
+        return {}
+    return {op: _cpu_flash_attention_flops}
+
+
+_EXTRA_FORMULAS = _missing_formulas()
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A :class:`~torch.utils.flop_counter.FlopCounterMode` that also counts the CPU attention kernel."""
+    return FlopCounterMode(display=False, custom_mapping=dict(_EXTRA_FORMULAS))
 
 
 def count_params(*modules: nn.Module | None) -> int:
@@ -46,7 +74,7 @@ def count_macs(fn, *args, **kwargs) -> tuple[int, object]:
         >>> macs
         64
     """
-    with FlopCounterMode(display=False) as counter:
+    with flop_counter_mode() as counter:
         result = fn(*args, **kwargs)
     return counter.get_total_flops() // 2, result
 

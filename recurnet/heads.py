@@ -85,6 +85,12 @@ class UncertaintyHead(nn.Module):
         shapes: output name -> per-sample shape of its log-variance (e.g. ``{"joints3d": (21, 3)}``
             or ``(21, 1)`` for one variance per joint, broadcast over coordinates).
         hidden: width of the shared hidden layer (the gate features).
+        bound: soft bound on the log-variance: ``alpha = bound * tanh(raw / bound)`` keeps it
+            in ``(-bound, bound)`` with an unchanged slope near 0 (finite in float16 too);
+            None leaves it unbounded.
+        init: the log-variance every output starts at (the bias of the projections); set it
+            near the log of the expected initial squared error so the variance terms start
+            balanced.
 
     Examples:
         >>> head = UncertaintyHead(32, {"logits": (10,)}, hidden=16)
@@ -93,19 +99,32 @@ class UncertaintyHead(nn.Module):
         (torch.Size([4, 16]), torch.Size([4, 10]))
     """
 
-    def __init__(self, in_features: int, shapes: Mapping[str, tuple[int, ...]], hidden: int = 128):
+    def __init__(self, in_features: int, shapes: Mapping[str, tuple[int, ...]], hidden: int = 128, *,
+                 bound: float | None = 10.0, init: float = 0.0):
         super().__init__()
         if not shapes:
             raise ValueError("UncertaintyHead needs at least one output name")
+        if bound is not None and not (math.isfinite(bound) and bound > 0):
+            raise ValueError(f"UncertaintyHead: bound must be a finite number > 0 or None, got {bound}")
+        if not math.isfinite(init) or (bound is not None and abs(init) >= bound):
+            raise ValueError(f"UncertaintyHead: init must be finite and inside (-bound, bound), got {init}")
+        self.bound = None if bound is None else float(bound)
         self.shapes = {name: tuple(int(d) for d in shape) for name, shape in shapes.items()}
         self.hidden = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
         self.project = nn.ModuleDict({name: nn.Linear(hidden, math.prod(s)) for name, s in self.shapes.items()})
         for layer in self.project.values():
             # Start near alpha = 0 (unit variance) so early training is the plain task loss.
             nn.init.normal_(layer.weight, std=1e-3)
-            nn.init.zeros_(layer.bias)
+            raw = init if self.bound is None else self.bound * math.atanh(init / self.bound)
+            nn.init.constant_(layer.bias, raw)
 
     def forward(self, pooled: torch.Tensor) -> UncertaintyOutput:
         f = self.hidden(pooled)
-        log_var = {name: self.project[name](f).view(f.shape[0], *shape) for name, shape in self.shapes.items()}
+        log_var = {}
+        for name, shape in self.shapes.items():
+            a = self.project[name](f).view(f.shape[0], *shape)
+            log_var[name] = a if self.bound is None else self.bound * torch.tanh(a / self.bound)
         return UncertaintyOutput(f, log_var)
+
+    def extra_repr(self) -> str:
+        return f"bound={self.bound}"

@@ -72,6 +72,7 @@ class LoopedNet(nn.Module):
         uncertainty: UncertaintyHead | None = None,
         policy: ExitPolicy | None = None,
         norms: str = "all",
+        auxiliary: nn.ModuleDict | None = None,
     ):
         super().__init__()
         if norms not in NORM_MODES:
@@ -99,6 +100,11 @@ class LoopedNet(nn.Module):
         self.heads = heads
         self.uncertainty = uncertainty
         self.policy = policy
+        self.auxiliary = auxiliary if auxiliary is not None else nn.ModuleDict()
+        # loopify sets both from the timm model; a network built from parts reads them off its extractor.
+        first = next((m for m in self.extractor.modules() if isinstance(m, nn.Conv2d)), None)
+        self._in_chans = first.in_channels if first is not None else 3
+        self.min_input_size = 1
         self._cost_cache: dict[tuple, CostModel] = {}
 
     # ------------------------------------------------------------------ policy handling
@@ -175,6 +181,7 @@ class LoopedNet(nn.Module):
         generator: torch.Generator | None = None,
         return_feedback: bool = False,
         count_cost: bool = True,
+        return_auxiliary: bool | None = None,
     ) -> LoopOutput:
         """Run the looped network.
 
@@ -186,6 +193,9 @@ class LoopedNet(nn.Module):
             generator: random generator handed to stochastic policies.
             return_feedback: keep each iteration's feedback signal (attention maps) in the output.
             count_cost: attach per-sample multiply-adds (``out.macs``).
+            return_auxiliary: run the auxiliary heads on the extractor features
+                (``out.auxiliary``); default: in training mode only. Their cost is not part
+                of ``out.macs``: they serve training and are dropped at inference.
 
         Returns:
             :class:`recurnet.LoopOutput`.
@@ -193,6 +203,11 @@ class LoopedNet(nn.Module):
         mode = exit or ("all" if self.training else "compact")
         if mode not in EXIT_MODES:
             raise ValueError(f"exit must be one of {EXIT_MODES}, got {mode!r}")
+        if mode == "compact" and self.training:
+            # Train-mode norms would normalise over whichever samples remain, and update their
+            # running statistics on shrunken batches: compaction is exact only in eval mode.
+            raise ValueError("exit='compact' needs eval mode (call net.eval()): in training mode the norms would "
+                             "see only the samples still running; use exit='all' or exit='simulate' to train")
         last = self.max_loops if loops is None else int(loops)
         if not 0 <= last <= self.max_loops:
             raise ValueError(f"loops must be in 0..{self.max_loops}, got {loops}")
@@ -200,6 +215,11 @@ class LoopedNet(nn.Module):
         cost = self.cost_model(tuple(x.shape[1:]), loops=last) if count_cost or self._needs_cost() else None
         try:
             feats = self.extractor(x)
+            auxiliary = {}
+            # Auxiliary heads follow their own mode: a protocol that freezes them (eval mode) skips them.
+            if len(self.auxiliary) and (self.auxiliary.training if return_auxiliary is None else return_auxiliary):
+                f_map = self.adapter.to_map(feats)
+                auxiliary = {name: head(f_map) for name, head in self.auxiliary.items()}
             if mode == "compact" and self.policy is not None and last > 0:
                 out = self._run_compact(feats, last, cost, generator, return_feedback)
             else:
@@ -209,12 +229,13 @@ class LoopedNet(nn.Module):
                     out = _apply_exits(out, exit_step)
         finally:
             self._index.value = None
+        out.auxiliary = auxiliary
         if count_cost:
             out.macs = cost.macs_per_sample(out.exit_step)
         return out
 
     def _needs_cost(self) -> bool:
-        return getattr(self.policy, "needs_cost", False) or type(self.policy).__name__ == "ComputeBudget"
+        return bool(getattr(self.policy, "needs_cost", False))
 
     def _run_all(self, feats: torch.Tensor, last: int, return_feedback: bool) -> LoopOutput:
         iterations, log_vars, features, signals = [], [], [], [None]
@@ -449,6 +470,9 @@ def loopify(
     heads: Mapping[str, HeadSpec] | None = None,
     uncertainty: bool | Sequence[str] | Mapping[str, tuple[int, ...]] = False,
     uncertainty_hidden: int = 128,
+    auxiliary: Mapping[str, HeadSpec] | None = None,
+    log_var_bound: float | None = 10.0,
+    log_var_init: float = 0.0,
     norms: str = "all",
     policy: ExitPolicy | None = None,
     check_size: tuple[int, int] | None = None,
@@ -469,6 +493,13 @@ def loopify(
         uncertainty: False; True for log-variances of every output with its own shape;
             a list of output names; or a mapping name -> per-sample log-variance shape.
         uncertainty_hidden: width of the uncertainty features ``f``.
+        auxiliary: training-only heads on the extractor's feature map ``(B, C, h, w)``: name ->
+            module or factory ``f(extractor_channels)``. They run in training mode (their outputs in
+            ``LoopOutput.auxiliary``, for auxiliary losses such as dense 2D heatmaps) and not at
+            inference, so they cost nothing there.
+        log_var_bound: soft bound on the predicted log-variances (see
+            :class:`recurnet.heads.UncertaintyHead`); None: unbounded.
+        log_var_init: the log-variance the uncertainty head starts at.
         norms: one of :data:`NORM_MODES`; ``"all"`` makes every refiner norm per-iteration.
         policy: exit policy for inference (default None: run every iteration).
         check_size: ``(H, W)`` of the split self-check input (default: the model's input size).
@@ -511,8 +542,10 @@ def loopify(
         unknown = [n for n, s in chosen.items() if n not in shapes]
         if unknown:
             raise ValueError(f"uncertainty asked for outputs {unknown}, but the heads produce {sorted(shapes)}")
-        unc_head = UncertaintyHead(parts.refiner_channels, chosen, hidden=uncertainty_hidden)
-    net = LoopedNet(parts, max_loops, feedback, head_modules, unc_head, policy, norms)
+        unc_head = UncertaintyHead(parts.refiner_channels, chosen, hidden=uncertainty_hidden, bound=log_var_bound,
+                                   init=log_var_init)
+    aux_modules = build_heads(auxiliary, parts.stage.channels) if auxiliary else None
+    net = LoopedNet(parts, max_loops, feedback, head_modules, unc_head, policy, norms, aux_modules)
     net._in_chans = int(getattr(model, "in_chans", 3) or 3)
     info = model.feature_info
     entries = list(info) if isinstance(info, list) else [info.info[i] for i in range(len(info.info))]

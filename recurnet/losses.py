@@ -14,7 +14,7 @@ loss into the negative log-likelihood of a distribution with that variance:
   loss is unbounded below in ``a`` (it drives ``a -> -inf``). Both branches
   together equal ``e^-a * smooth_l1(d) + a / 2`` with ``beta = 1``.
 
-Extreme log-variances are safe: the value is computed with ``a`` clamped to
+Extreme log-variances are safe (half-precision inputs are computed in float32): the value is computed with ``a`` clamped to
 ``[-bound, bound]`` (``bound`` = :data:`LOG_VAR_BOUND` = 20 by default, i.e.
 ``sigma^2`` between ``2e-9`` and ``5e8`` in the squared units of the output),
 while the gradient passes through the clamp unchanged (straight-through), so
@@ -72,6 +72,11 @@ def _bounded(log_var: torch.Tensor, bound: float) -> torch.Tensor:
     return log_var.detach().clamp(-bound, bound) + (log_var - log_var.detach())
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision inputs are computed in float32: ``e^-a`` overflows float16 beyond ``|a| > 11``."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _check_bound(bound: float) -> float:
     bound = float(bound)
     if not 0 < bound <= 80:  # exp(80) is still finite in float32 (max ~3.4e38 ~ exp(88.7))
@@ -100,8 +105,8 @@ def gaussian_uncertainty_loss(
         >>> gaussian_uncertainty_loss(torch.tensor([1.0]), torch.tensor([-1e4])).isfinite().all()
         tensor(True)
     """
-    a = _bounded(log_var, _check_bound(bound))
-    return 0.5 * torch.exp(-a) * squared_error + 0.5 * a
+    a = _bounded(_upcast(log_var), _check_bound(bound))
+    return 0.5 * torch.exp(-a) * _upcast(squared_error) + 0.5 * a
 
 
 def l1_uncertainty_loss(
@@ -125,7 +130,8 @@ def l1_uncertainty_loss(
         >>> l1_uncertainty_loss(torch.tensor([3.0, 0.5]), torch.tensor([0.0, 0.0]))
         tensor([2.5000, 0.1250])
     """
-    a = _bounded(log_var, _check_bound(bound))
+    a = _bounded(_upcast(log_var), _check_bound(bound))
+    abs_error = _upcast(abs_error)
     smooth = torch.where(abs_error > 1, abs_error - 0.5, 0.5 * abs_error * abs_error)
     return torch.exp(-a) * smooth + 0.5 * a
 
@@ -272,6 +278,12 @@ class LossTerm:
             elements contribute zero and their targets may hold anything (NaN included);
             means are taken over valid elements only. None: every element is valid.
         name: name in logs and results (default: ``output``).
+        scale: prediction and target are divided by this before the loss (regression kinds):
+            the loss, and the log-variance, are in units of ``scale`` (e.g. 100 mm), so terms
+            of different units weigh alike and the log-variance starts near its range.
+        detach_variance: the uncertainty loss sees the error with its gradient stopped, so
+            it trains the log-variance only and never re-weights the task loss's gradient
+            (the task term alone then drives the prediction).
     """
 
     output: str
@@ -281,9 +293,13 @@ class LossTerm:
     variance_weight: float = 0.0
     mask: str | None = None
     name: str | None = None
+    scale: float = 1.0
+    detach_variance: bool = False
 
     def __post_init__(self):
         TASK_LOSSES.get(self.kind)  # unknown kinds fail here, listing the known ones
+        if not (math.isfinite(self.scale) and self.scale > 0):
+            raise ValueError(f"LossTerm {self.label!r}: scale must be a finite number > 0, got {self.scale}")
         for attr in ("weight", "variance_weight"):
             value = getattr(self, attr)
             if not math.isfinite(value) or value < 0:
@@ -447,13 +463,17 @@ class LoopLoss(nn.Module):
                 f"LossTerm {term.label!r} has variance_weight > 0 but the network predicts no log-variance for "
                 f"{term.output!r}; build it with uncertainty=... covering that output, or set variance_weight=0"
             )
+        if term.scale != 1.0 and kind.regression:
+            target = target / term.scale
         task_rows, var_rows = [], []
         for l, predictions in enumerate(output.iterations):
             pred = predictions[term.output]
+            if term.scale != 1.0 and kind.regression:
+                pred = pred / term.scale
             task_rows.append(kind.elementwise(pred, target))
             if use_var:
                 log_var = _align_log_var(output.log_variance[l][term.output], target.shape, term)
-                var_rows.append(kind.uncertainty(pred, target, log_var))
+                var_rows.append(kind.uncertainty(pred.detach() if term.detach_variance else pred, target, log_var))
         task = torch.stack(task_rows)  # (L+1, B, ...)
         var = torch.stack(var_rows) if use_var else None
         return task, var, mask

@@ -30,6 +30,9 @@ class LoopOutput:
         feedback: per iteration, the feedback signal (e.g. attention map ``(B, C, H, W)``) that fed
             iteration ``l`` (None for ``l = 0`` and for iterations no sample ran; the list is empty
             unless requested with ``return_feedback=True``; rows of samples that did not run are zero).
+        auxiliary: name -> output of the network's auxiliary heads on the extractor features
+            (training-only heads such as dense 2D heatmaps); empty unless they ran (training mode
+            or ``return_auxiliary=True``).
     """
 
     iterations: list[dict[str, torch.Tensor]]
@@ -39,6 +42,7 @@ class LoopOutput:
     ran: torch.Tensor
     macs: torch.Tensor | None = None
     feedback: list[torch.Tensor | None] = field(default_factory=list)
+    auxiliary: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_iterations(self) -> int:

@@ -78,7 +78,12 @@ class LoopState:
 
 @runtime_checkable
 class ExitPolicy(Protocol):
-    """``policy(state) -> (B_active,) bool`` tensor, True where a sample exits after this iteration."""
+    """``policy(state) -> (B_active,) bool`` tensor, True where a sample exits after this iteration.
+
+    A policy declares what it needs from the loop through optional attributes:
+    ``needs_cost = True`` when it reads ``state.cost`` (the network then builds its cost
+    model even with ``count_cost=False``). Subclasses inherit the declaration.
+    """
 
     def __call__(self, state: LoopState) -> torch.Tensor: ...
 
@@ -300,6 +305,9 @@ class ComputeBudget:
     Raises:
         ValueError: at decision time, if the budget is below one pass (extractor + iteration 0).
     """
+
+    #: Reads ``state.cost`` (see :class:`ExitPolicy`).
+    needs_cost = True
 
     def __init__(self, max_macs: float):
         self.max_macs = max_macs

@@ -63,7 +63,10 @@ class DataConfig:
         mix_root: its data root.
         train_samples: synthetic training images.
         test_samples: synthetic test images.
-        augment: augment real training data.
+        viewpoint: synthetic hands' viewpoint distribution: ``stb`` (third-person, the
+            default), ``fpha`` (first-person) or ``any`` (every orientation).
+        augment: augment the training data (rotation, zoom, shift, colour; drawn anew every epoch).
+        rotation_deg: largest in-plane rotation of the augmentation (degrees).
         workers: processes for rendering and data loading.
     """
 
@@ -71,9 +74,11 @@ class DataConfig:
     root: str | None = None
     mix: str | None = None
     mix_root: str | None = None
-    train_samples: int = 4000
+    train_samples: int = 6000
     test_samples: int = 500
+    viewpoint: str = "stb"
     augment: bool = True
+    rotation_deg: float = 30.0
     workers: int = 2
 
 
@@ -95,10 +100,10 @@ class ScheduleConfig:
     """
 
     protocol: str = "progressive"
-    epochs: int = 24
+    epochs: int = 40
     loop_epochs: int = 2
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 6e-3
     weight_decay: float = 0.0
     schedule: str = "cosine"
     grad_clip: float | None = 5.0

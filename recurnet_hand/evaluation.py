@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +39,11 @@ __all__ = [
     "write_rows",
     "per_loop_metrics",
     "mean_pose_baseline",
+    "palm_facing",
+    "LoopSummary",
+    "loop_summaries",
+    "loop_summaries_to_markdown",
+    "predicted_sigma_mm",
 ]
 
 #: 3D PCK threshold ranges (mm) of the papers' AUC per dataset.
@@ -237,3 +243,85 @@ def mean_pose_baseline(train_rel3d: torch.Tensor, col: Collected, cfg3d: EvalCon
     ev.update(mean, col.gt3d, col.has_3d)
     return ev.compute()
 
+
+
+def palm_facing(joints3d: torch.Tensor, is_right: bool = True) -> torch.Tensor:
+    """``(N,)`` bool: whether the palm of each hand ``(N, 21, 3)`` (camera frame) faces the camera.
+
+    The palm normal is ``(index MCP - wrist) x (little MCP - wrist)`` for a right hand
+    (negated for a left one); the camera looks along +Z, so a palm facing it has a
+    normal with negative Z.
+    """
+    normal = torch.cross(joints3d[:, 5] - joints3d[:, 0], joints3d[:, 17] - joints3d[:, 0], dim=-1)
+    return (normal[:, 2] < 0) if is_right else (normal[:, 2] > 0)
+
+
+def predicted_sigma_mm(log_var: torch.Tensor, unit_mm: float) -> torch.Tensor:
+    """``(N, 21)`` predicted per-joint 3D error scale (mm): ``sqrt(3) * unit * exp(a / 2)``.
+
+    The 3D log-variance ``a`` is of one normalised coordinate (broadcast over x, y, z),
+    so the expected Euclidean joint error has RMS ``sqrt(3) sigma``.
+    """
+    a = log_var.reshape(log_var.shape[0], -1).double()
+    return math.sqrt(3.0) * unit_mm * torch.exp(a / 2)
+
+
+@dataclass(frozen=True)
+class LoopSummary:
+    """What one fixed loop count achieves on the test set.
+
+    Attributes:
+        loop: the iteration (``0..L``).
+        epe3d: mean root-relative 3D joint error (mm).
+        auc3d: 3D PCK AUC over the dataset's range.
+        epe2d: mean 2D joint error (px). epe2d_crop: the same as a fraction of the crop side.
+        palm_accuracy: fraction of samples whose palm-or-back-towards-the-camera matches the label.
+        variance_rank_corr: Spearman rank correlation between a sample's mean predicted 3D
+            variance and its actual mean 3D error (1: the variance orders samples by error).
+        sigma_mm: mean predicted per-joint 3D error scale (mm, see :func:`predicted_sigma_mm`).
+    """
+
+    loop: int
+    epe3d: float
+    auc3d: float
+    epe2d: float
+    epe2d_crop: float
+    palm_accuracy: float
+    variance_rank_corr: float
+    sigma_mm: float
+
+
+def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    if x.numel() < 3:
+        return float("nan")
+    return float(spearmanr(x.numpy(), y.numpy()).statistic)
+
+
+def loop_summaries(col: Collected, cfg2d: EvalConfig, cfg3d: EvalConfig, *, unit_3d_mm: float,
+                   crop_size: int, is_right: bool = True) -> list[LoopSummary]:
+    """One :class:`LoopSummary` per iteration of the collected pass (3D-labelled samples)."""
+    m2d, m3d = per_loop_metrics(col, cfg2d, cfg3d)
+    has = col.has_3d
+    gt = col.gt3d[has]
+    out = []
+    for l, it in enumerate(col.output.iterations):
+        pred = it["joints3d"][has]
+        err = (pred - gt).norm(dim=-1).mean(dim=-1).double()
+        sigma = predicted_sigma_mm(col.output.log_variance[l]["joints3d"][has], unit_3d_mm)
+        palm = (palm_facing(pred, is_right) == palm_facing(gt, is_right)).double().mean()
+        out.append(LoopSummary(l, m3d.per_loop[l].epe_mean, m3d.per_loop[l].auc, m2d.per_loop[l].epe_mean,
+                               m2d.per_loop[l].epe_mean / crop_size, float(palm),
+                               _spearman(sigma.square().mean(dim=1), err), float(sigma.mean())))
+    return out
+
+
+def loop_summaries_to_markdown(rows: Iterable[LoopSummary]) -> str:
+    """A markdown table of :class:`LoopSummary` rows."""
+    lines = ["| loop | 3D EPE (mm) | 3D AUC | 2D EPE (px) | 2D EPE (% crop) | palm/back right | "
+             "rank corr(var, err) | mean sigma (mm) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r.loop} | {r.epe3d:.2f} | {r.auc3d:.3f} | {r.epe2d:.2f} | {100 * r.epe2d_crop:.1f} | "
+                     f"{100 * r.palm_accuracy:.1f}% | {r.variance_rank_corr:.3f} | {r.sigma_mm:.1f} |")
+    return "\n".join(lines)

@@ -109,7 +109,7 @@ def evaluate_model(path: str | os.PathLike, *, dataset: str | None = None, root:
     spec = DatasetSpec(name=name, root=root if root is not None else (run.data.root if name == run.data.dataset
                                                                        else None) or default_root,
                        crop_size=run.model.crop_size, num_samples=samples or run.data.test_samples, seed=run.seed,
-                       augment=False, workers=run.data.workers, progress=progress)
+                       augment=False, workers=run.data.workers, progress=progress, viewpoint=run.data.viewpoint)
     data = build_dataset(spec, "test", side=run.model.side)
     cfg2d, cfg3d = eval_configs(name, run.model.crop_size, auc_range)
     loader = DataLoader(data, batch_size=batch_size)

@@ -10,14 +10,18 @@ Per iteration ``l`` (summed over ``l = 0..L``, :class:`recurnet.losses.LoopLoss`
   towards the mean hand (MANO head only).
 
 Samples without 3D labels (PANOPTIC) train the 2D terms only (``has_3d`` mask).
-The default weights balance the terms' scales (px vs mm^2); the uncertainty
-terms are scale-free by construction.
+Errors are normalised before the losses (3D in units of 100 mm, 2D in eighths
+of the crop side), so the terms weigh alike and the log-variances start in
+range; the uncertainty terms train the variances without re-weighting the task
+gradients, and a squared error on the global rotation matrix supervises the
+hand's orientation where the data know it (synthetic hands).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -25,37 +29,91 @@ from torch import nn
 from recurnet.losses import LoopLoss, LoopLossOutput, LossTerm
 from recurnet.output import LoopOutput
 
-__all__ = ["LossConfig", "HandLoss", "add_hand_targets"]
+__all__ = ["LossConfig", "HandLoss", "add_hand_targets", "joint_heatmaps"]
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the hand loss terms (the paper's ``gamma``).
+    """Weights and units of the hand loss terms (the paper's ``gamma``).
+
+    Errors are measured in normalised units before any loss: 3D joints in units of
+    ``unit_3d_mm`` (root-relative, so a hand is O(1) long), 2D joints in units of
+    ``unit_2d`` crop sides. The log-variances predicted by the uncertainty heads are of
+    these normalised errors (``sigma_mm = unit_3d_mm * exp(a / 2)``).
 
     Attributes:
-        weight_2d: ``gamma_2D`` on the smooth-L1 2D loss (px).
-        weight_3d: ``gamma_3D`` on the squared 3D error (mm^2).
+        weight_2d: ``gamma_2D`` on the smooth-L1 2D loss.
+        weight_3d: ``gamma_3D`` on the squared 3D error.
         weight_var: ``gamma_var`` on each uncertainty term.
+        weight_rotation: squared error of the predicted global rotation matrix, where the
+            data know it (synthetic hands; MANO head only). 0 disables it.
+        weight_heatmap: squared error of the training-only 2D heatmaps (summed over each
+            map, averaged over joints), when the model has the heatmap head.
+        heatmap_sigma: standard deviation of the target Gaussians, in heatmap cells.
         weight_pose: weight of the ``theta`` regulariser.
         weight_shape: weight of the ``beta`` regulariser.
+        unit_3d_mm: millimetres per 3D unit.
+        unit_2d: crop sides per 2D unit (``1 / crop_size`` measures in pixels).
+        detach_variance: the uncertainty terms train the log-variances only; the task
+            terms alone drive the predictions (see :class:`recurnet.losses.LossTerm`).
     """
 
-    weight_2d: float = 0.05
-    weight_3d: float = 0.002
+    weight_2d: float = 1.0
+    weight_3d: float = 1.0
     weight_var: float = 0.1
-    weight_pose: float = 0.01
-    weight_shape: float = 0.01
+    weight_rotation: float = 1.0
+    weight_heatmap: float = 3.0
+    heatmap_sigma: float = 1.0
+    weight_pose: float = 0.001
+    weight_shape: float = 0.001
+    unit_3d_mm: float = 100.0
+    unit_2d: float = 0.125
+    detach_variance: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("unit_3d_mm", "unit_2d"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"loss.{name} must be a finite number > 0, got {value}")
+
+
+_IDENTITY = torch.eye(3)
+
+
+def joint_heatmaps(joints2d: torch.Tensor, crop_size: int, shape: tuple[int, int], sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian target heatmaps ``(B, J, h, w)`` for 2D joints ``(B, J, 2)`` in crop pixels.
+
+    Cell ``(i, j)`` of an ``h x w`` map over an ``S x S`` crop is centred at crop pixel
+    ``((j + 0.5) S / w - 0.5, (i + 0.5) S / h - 0.5)``; each map is
+    ``exp(-d^2 / (2 sigma^2))`` with ``d`` in cells, 1 at the joint.
+
+    Examples:
+        >>> maps = joint_heatmaps(torch.tensor([[[12.0, 4.0]]]), 16, (4, 4))
+        >>> maps.shape, maps[0, 0].argmax().item()  # row 1, column 3
+        (torch.Size([1, 1, 4, 4]), 7)
+    """
+    h, w = shape
+    cell_x, cell_y = crop_size / w, crop_size / h
+    xs = (torch.arange(w, device=joints2d.device, dtype=joints2d.dtype) + 0.5) * cell_x - 0.5
+    ys = (torch.arange(h, device=joints2d.device, dtype=joints2d.dtype) + 0.5) * cell_y - 0.5
+    dx = (xs.view(1, 1, 1, w) - joints2d[..., 0, None, None]) / cell_x
+    dy = (ys.view(1, 1, h, 1) - joints2d[..., 1, None, None]) / cell_y
+    return torch.exp(-(dx.square() + dy.square()) / (2.0 * sigma * sigma))
 
 
 def add_hand_targets(batch: Mapping[str, torch.Tensor], output: LoopOutput | None = None) -> dict[str, torch.Tensor]:
     """The batch plus the derived targets the loss needs.
 
-    Adds ``joints3d_rel`` ``(B, 21, 3)`` (labels minus the root joint, mm) and, when the
-    output has MANO parameters, zero targets ``pose_zero`` / ``shape_zero`` for the regularisers.
+    Adds ``joints3d_rel`` ``(B, 21, 3)`` (labels minus the root joint, mm); ``rotation`` and
+    ``has_rotation`` (identity and False) when the data have no rotation label; and, when
+    the output has MANO parameters, zero targets ``pose_zero`` / ``shape_zero`` for the regularisers.
     """
     out = dict(batch)
     j3d = batch["joints3d"]
     out["joints3d_rel"] = j3d - j3d[:, :1]
+    if "rotation" not in out:
+        out["rotation"] = _IDENTITY.to(j3d).expand(j3d.shape[0], 3, 3)
+        out["has_rotation"] = torch.zeros(j3d.shape[0], dtype=torch.bool, device=j3d.device)
     if output is not None:
         for name in ("pose", "shape"):
             if name in output.iterations[0]:
@@ -67,27 +125,51 @@ class HandLoss(nn.Module):
     """Eq. 12 for DIR-Net; call as ``loss(output, batch)``.
 
     Args:
-        config: term weights.
-        mano_regularisers: add the ``theta``/``beta`` regularisers (needs the MANO head).
+        config: term weights and units.
+        mano_regularisers: add the ``theta``/``beta`` regularisers and the rotation term
+            (needs the MANO head).
         loop_weights: per-iteration weights ``w_l`` (default 1 each).
+        crop_size: crop side in pixels (sets the 2D unit).
 
     Returns (forward): :class:`recurnet.losses.LoopLossOutput` with terms ``2d``, ``3d``
-        (and ``pose``, ``shape``).
+        (and ``rotation``, ``pose``, ``shape``).
     """
 
-    def __init__(self, config: LossConfig = LossConfig(), *, mano_regularisers: bool = True, loop_weights=None):
+    def __init__(self, config: LossConfig = LossConfig(), *, mano_regularisers: bool = True, loop_weights=None,
+                 crop_size: int = 224):
         super().__init__()
+        c = config
+        detach = c.detach_variance
         terms = [
-            LossTerm("joints2d", "joints2d", "smooth_l1", config.weight_2d, config.weight_var, "has_2d", name="2d"),
-            LossTerm("joints3d", "joints3d_rel", "l2", config.weight_3d, config.weight_var, "has_3d", name="3d"),
+            LossTerm("joints2d", "joints2d", "smooth_l1", c.weight_2d, c.weight_var, "has_2d", name="2d",
+                     scale=c.unit_2d * crop_size, detach_variance=detach),
+            LossTerm("joints3d", "joints3d_rel", "l2", c.weight_3d, c.weight_var, "has_3d", name="3d",
+                     scale=c.unit_3d_mm, detach_variance=detach),
         ]
         if mano_regularisers:
+            if c.weight_rotation > 0:
+                terms.append(LossTerm("rotation", "rotation", "l2", c.weight_rotation, mask="has_rotation",
+                                      name="rotation"))
             terms += [
-                LossTerm("pose", "pose_zero", "l2", config.weight_pose, name="pose"),
-                LossTerm("shape", "shape_zero", "l2", config.weight_shape, name="shape"),
+                LossTerm("pose", "pose_zero", "l2", c.weight_pose, name="pose"),
+                LossTerm("shape", "shape_zero", "l2", c.weight_shape, name="shape"),
             ]
         self.config = config
+        self.crop_size = int(crop_size)
         self.loop_loss = LoopLoss(terms, loop_weights)
 
     def forward(self, output: LoopOutput, batch: Mapping[str, torch.Tensor]) -> LoopLossOutput:
-        return self.loop_loss(output, add_hand_targets(batch, output))
+        result = self.loop_loss(output, add_hand_targets(batch, output))
+        maps = output.auxiliary.get("heatmaps")
+        if maps is None or self.config.weight_heatmap == 0:
+            return result
+        return self._with_heatmaps(result, maps, batch)
+
+    def _with_heatmaps(self, result: LoopLossOutput, maps: torch.Tensor, batch) -> LoopLossOutput:
+        target = joint_heatmaps(batch["joints2d"].to(maps.dtype), self.crop_size, tuple(maps.shape[-2:]),
+                                self.config.heatmap_sigma)
+        valid = batch["has_2d"].to(maps.device).bool()
+        per_joint = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
+        value = per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
+        task = {**result.task, "heatmap": value.detach().reshape(1)}
+        return replace(result, total=result.total + self.config.weight_heatmap * value, task=task)

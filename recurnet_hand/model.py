@@ -45,6 +45,7 @@ __all__ = [
     "preset",
     "ManoPoseHead",
     "DirectPoseHead",
+    "HeatmapHead",
     "ImageNormalize",
     "build_dirnet",
     "HEADS",
@@ -74,6 +75,11 @@ class DIRNetConfig:
         side: MANO hand side; left-hand data is mirrored to this side by the data pipeline.
         num_pca_comps: MANO pose PCA components (45 = full axis-angle pose).
         uncertainty_hidden: width of the uncertainty features (the gate's input).
+        log_var_bound: soft bound on the predicted log-variances (None: unbounded).
+        log_var_init: the log-variance the uncertainty heads start at (of the loss's
+            normalised errors, see :class:`recurnet_hand.losses.LossConfig`).
+        heatmaps: add the training-only dense 2D head (:class:`HeatmapHead`) on the extractor
+            features; it is not run at inference and adds no inference cost.
         norms: per-iteration norm mode (see :data:`recurnet.looped.NORM_MODES`).
         crop_size: input crop size in pixels.
     """
@@ -90,6 +96,9 @@ class DIRNetConfig:
     side: str = "right"
     num_pca_comps: int = 30
     uncertainty_hidden: int = 128
+    log_var_bound: float | None = 10.0
+    log_var_init: float = -2.0
+    heatmaps: bool = True
     norms: str = "all"
     crop_size: int = 224
 
@@ -99,12 +108,12 @@ class DIRNetConfig:
 
 
 #: Named configurations. ``stb`` and ``fpha`` are the paper's models. ``cpu`` is the FPHA
-#: model on 128 px crops with 3 loops, sized to train on a laptop CPU in minutes (the
+#: model on 96 px crops with 3 loops, sized to train on a laptop CPU in minutes (the
 #: default of ``recurnet-hand train``); ``tiny`` is a very small variant for tests and demos.
 PRESETS: dict[str, DIRNetConfig] = {
     "stb": DIRNetConfig(name="stb", width=32, fc=512),
     "fpha": DIRNetConfig(name="fpha", width=16, fc=256),
-    "cpu": DIRNetConfig(name="cpu", width=16, fc=256, max_loops=3, crop_size=128),
+    "cpu": DIRNetConfig(name="cpu", width=16, fc=256, max_loops=3, crop_size=96),
     "tiny": DIRNetConfig(name="tiny", width=8, fc=64, max_loops=3, crop_size=96, uncertainty_hidden=32),
 }
 
@@ -224,6 +233,32 @@ class DirectPoseHead(nn.Module):
         }
 
 
+class HeatmapHead(nn.Module):
+    """Training-only dense 2D head: extractor features ``(B, C, h, w)`` -> ``(B, 21, h, w)`` joint heatmaps.
+
+    Supervised with a Gaussian around every labelled 2D joint
+    (:func:`recurnet_hand.losses.joint_heatmaps`), it gives the early stages a dense,
+    per-pixel training signal; the pose itself is still read from the pooled refiner
+    output. :func:`build_dirnet` attaches it as an auxiliary head, which only runs in
+    training mode.
+
+    Args:
+        in_channels: ``C``.
+        hidden: width of the 3x3 convolution.
+        joints: number of heatmaps.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, joints, 1))
+        nn.init.zeros_(self.body[-1].weight)  # start at empty maps: the loss starts at the targets' energy
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.body(features)
+
+
 def _mano_layer(config: DIRNetConfig) -> ManoLayer:
     kwargs = dict(use_pca=config.num_pca_comps < 45, num_pca_comps=min(config.num_pca_comps, 45))
     if config.mano is None:
@@ -278,6 +313,9 @@ def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet
         heads={"pose": HEADS[config.head](config)},
         uncertainty={"joints2d": (NUM_JOINTS, 1), "joints3d": (NUM_JOINTS, 1)},
         uncertainty_hidden=config.uncertainty_hidden,
+        auxiliary={"heatmaps": HeatmapHead} if config.heatmaps else None,
+        log_var_bound=config.log_var_bound,
+        log_var_init=config.log_var_init,
         norms=config.norms,
         policy=policy,
         check_size=(config.crop_size, config.crop_size),

@@ -27,6 +27,7 @@ __all__ = [
     "plot_loss_per_loop",
     "plot_uncertainty",
     "plot_overlays",
+    "plot_reliability",
     "draw_skeleton",
 ]
 
@@ -246,4 +247,40 @@ def plot_overlays(
             ax.set_title(titles[i], fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f) for c, f in zip(_FINGER_COLOURS, FINGERS)]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    return _save(fig, path)
+
+
+def plot_reliability(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | os.PathLike, *,
+                     bins: int = 10, unit: str = "mm") -> Path:
+    """Reliability of predicted uncertainty: predicted error scale vs measured error, binned.
+
+    Args:
+        series: label -> ``(predicted, measured)`` per item (e.g. per joint and sample):
+            the predicted RMS error and the actual error, both in ``unit``.
+        path: PNG to write.
+        bins: number of equally populated bins of the predicted value.
+        unit: axis unit.
+
+    A calibrated model lies on the diagonal; points above it are over-confident.
+    """
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    top = 0.0
+    for label, (predicted, measured) in series.items():
+        p, m = _np(predicted).ravel().astype(np.float64), _np(measured).ravel().astype(np.float64)
+        keep = np.isfinite(p) & np.isfinite(m)
+        p, m = p[keep], m[keep]
+        if p.size == 0:
+            continue
+        order = np.argsort(p)
+        groups = [g for g in np.array_split(order, min(bins, p.size)) if g.size]
+        x = np.array([p[g].mean() for g in groups])
+        y = np.array([np.sqrt(np.mean(m[g] ** 2)) for g in groups])
+        ax.plot(x, y, marker="o", label=label)
+        top = max(top, x.max(), y.max())
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    ax.set_xlabel(f"predicted RMS error ({unit})")
+    ax.set_ylabel(f"measured RMS error ({unit})")
+    ax.set_title("Uncertainty reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return _save(fig, path)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,8 +49,12 @@ from .evaluation import (
     collect,
     eval_configs,
     evaluate_policies,
+    loop_summaries,
+    loop_summaries_to_markdown,
     mean_pose_baseline,
     per_loop_metrics,
+    predicted_sigma_mm,
+    rows_to_markdown,
     variance_thresholds,
     write_rows,
 )
@@ -74,6 +78,8 @@ class RunSummary:
         auc3d_per_loop: 3D AUC after each loop on the test set.
         baseline_auc3d: 3D AUC of always predicting the training set's mean pose.
         figures: figure name -> PNG path.
+        loops: per-iteration summaries (errors, palm/back accuracy, variance-error rank correlation).
+        baseline_epe3d: mean 3D error (mm) of the mean pose.
     """
 
     out_dir: Path
@@ -82,6 +88,8 @@ class RunSummary:
     auc3d_per_loop: list[float]
     baseline_auc3d: float
     figures: dict[str, Path]
+    loops: list = ()
+    baseline_epe3d: float = float("nan")
 
 
 def default_cache_dir() -> Path:
@@ -105,6 +113,8 @@ def _spec(run: RunConfig, split: str, progress: bool) -> DatasetSpec:
         augment=d.augment,
         workers=d.workers,
         progress=progress,
+        viewpoint=d.viewpoint,
+        rotation_deg=d.rotation_deg,
     )
 
 
@@ -169,7 +179,7 @@ def _policies(col, run: RunConfig, gate) -> dict[str, dict[str, object]]:
     return policies
 
 
-def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss) -> dict[str, Path]:
+def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: float) -> dict[str, Path]:
     m2d, m3d = per_loop_metrics(col, cfg2d, cfg3d)
     last = col.output.num_iterations - 1
     figures = {
@@ -195,7 +205,20 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss) -> dict[str, Pa
         (it["joints3d"] - col.gt3d).norm(dim=-1).mean(dim=-1) for it in col.output.iterations])
     figures["loss_per_loop"] = plots.plot_loss_per_loop({"this run": per_sample}, out / "error_per_loop.png",
                                                          ylabel="mean 3D joint error (mm)")
+    has = col.has_3d
+    reliability = {}
+    for l in sorted({0, last}):
+        sigma = predicted_sigma_mm(col.output.log_variance[l]["joints3d"][has], unit_3d_mm)
+        error = (col.output.iterations[l]["joints3d"][has] - col.gt3d[has]).norm(dim=-1)
+        reliability[f"loop {l}"] = (sigma, error)
+    figures["reliability"] = plots.plot_reliability(reliability, out / "reliability.png")
     return figures
+
+
+def _results_markdown(loops, rows, baseline) -> str:
+    return ("## Per loop (every sample runs the same number of loops)\n\n" + loop_summaries_to_markdown(loops)
+            + f"\n\nMean-pose baseline: 3D EPE {baseline.epe_mean:.2f} mm, 3D AUC {baseline.auc:.3f}.\n\n"
+            "## Exit policies\n\n" + rows_to_markdown(rows) + "\n")
 
 
 def train(run: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool | None = None,
@@ -231,7 +254,7 @@ def _train(run, resume, progress, max_epochs):
         train_set, test_set = build_data(run, progress=show is not False and context.is_main)
     if context.is_main:  # only once the model and data are known to be valid
         save_config(run, out / "config.yaml")
-    loss = HandLoss(run.loss, mano_regularisers=run.model.head == "mano")
+    loss = HandLoss(run.loss, mano_regularisers=run.model.head == "mano", crop_size=run.model.crop_size)
     config = TrainConfig(
         protocol=run.train.build(run.model.max_loops),
         batch_size=run.train.batch_size,
@@ -263,13 +286,18 @@ def _train(run, resume, progress, max_epochs):
     col = collect(net, loader, device=trainer.device, progress=show is not False, total=len(loader))
     rows = evaluate_policies(col, _policies(col, run, gate), cfg2d, cfg3d, seed=run.seed)
     baseline = mean_pose_baseline(_mean_rel3d(train_set), col, cfg3d)
-    write_rows(rows, out / "results.md")
+    loops = loop_summaries(col, cfg2d, cfg3d, unit_3d_mm=run.loss.unit_3d_mm, crop_size=run.model.crop_size,
+                           is_right=run.model.side == "right")
+    tmp = out / ".results.md.tmp"
+    tmp.write_text(_results_markdown(loops, rows, baseline))
+    os.replace(tmp, out / "results.md")
     write_rows(rows, out / "results.csv")
-    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss)
+    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm)
     per_loop = [r.auc3d for r in rows if r.policy == "fixed"]
-    summary = {"auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc, "auc3d_range_mm": list(cfg3d.threshold_range),
-               "figures": {k: str(v) for k, v in figures.items()}}
+    summary = {"auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc, "baseline_epe3d": baseline.epe_mean,
+               "auc3d_range_mm": list(cfg3d.threshold_range), "loops": [asdict(r) for r in loops],
+               "policies": [asdict(r) for r in rows], "figures": {k: str(v) for k, v in figures.items()}}
     tmp = out / ".summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, out / "summary.json")
-    return RunSummary(out, model_path, rows, per_loop, baseline.auc, figures)
+    return RunSummary(out, model_path, rows, per_loop, baseline.auc, figures, loops, baseline.epe_mean)

@@ -228,3 +228,17 @@ def test_experiments_synthetic_reuse_needs_a_runs_folder(bench, capsys):
     with pytest.raises(SystemExit):
         bench("experiments_synthetic").main(["--quick", "--reuse"])
     assert "--reuse needs --out" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_recipe_ablation_quick(bench, tmp_path, capsys):
+    assert bench("recipe_ablation").main(_quick(tmp_path) + ["--out", str(tmp_path / "runs"), "--only", "0", "7"]) == 0
+    text = capsys.readouterr().out
+    assert "| old recipe |" in text and "(the new default) |" in text and "Mean-pose baseline" in text
+
+
+@pytest.mark.slow
+def test_default_run_quick(bench, tmp_path, capsys):
+    assert bench("default_run").main(_quick(tmp_path) + ["--out", str(tmp_path / "run")]) == 0
+    text = capsys.readouterr().out
+    assert "## Per loop" in text and "rank corr" in text and "Exit policies against every loop" in text

@@ -26,10 +26,11 @@ from .gate import (
 from .log import MetricLogger
 from .optim import OPTIMIZERS, SCHEDULES, register_optimizer, register_schedule
 from .protocols import PROTOCOLS, EndToEnd, Phase, Progressive
-from .trainer import Callback, EpochInfo, NonFiniteLossError, Trainer, TrainResult
+from .trainer import Callback, EpochInfo, NonFiniteLossError, Trainer, TrainResult, set_epoch
 
 __all__ = [
     "Trainer",
+    "set_epoch",
     "TrainConfig",
     "TrainResult",
     "EpochInfo",

@@ -125,7 +125,8 @@ class Progressive:
             must not exceed the network's ``max_loops`` (the paper: ``(50, 20, 20, ...)``).
         lr_decay: phase ``p`` trains at ``lr * lr_decay ** p`` (cumulative).
         full_lr: modules kept at the base learning rate (the feedback decoder, AMG).
-        freeze: modules frozen from phase 1 on (the extractor, FE).
+        freeze: modules frozen from phase 1 on: the extractor (FE) and the auxiliary heads
+            that read its features (they would learn nothing new on a frozen extractor).
 
     Examples:
         >>> [(p.loops, p.epochs, round(p.lr_scale, 6)) for p in Progressive((5, 2, 2)).phases(max_loops=2)]
@@ -136,7 +137,7 @@ class Progressive:
     epochs: tuple[int, ...]
     lr_decay: float = 0.1
     full_lr: tuple[str, ...] = ("feedback",)
-    freeze: tuple[str, ...] = ("extractor",)
+    freeze: tuple[str, ...] = ("extractor", "auxiliary")
 
     def __post_init__(self):
         # Accept lists from configs; store tuples so the config stays hashable and frozen.

@@ -41,7 +41,46 @@ from .optim import OPTIMIZERS, SCHEDULES
 from .protocols import Phase, apply_frozen_modes, prepare_phase
 from .rng import epoch_seed, rng_state, seed_everything, set_rng_state
 
-__all__ = ["Trainer", "TrainResult", "EpochInfo", "Callback", "LossResult", "NonFiniteLossError"]
+__all__ = ["Trainer", "TrainResult", "EpochInfo", "Callback", "LossResult", "NonFiniteLossError", "set_epoch"]
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> int:
+    """Call ``set_epoch(epoch)`` on ``dataset`` and every dataset it wraps.
+
+    Datasets that draw augmentation per epoch define ``set_epoch``; wrappers are
+    followed through ``.dataset`` (``Subset`` and similar) and ``.datasets``
+    (``ConcatDataset``). The trainer calls this at the start of every epoch.
+
+    Returns:
+        How many datasets received the call.
+
+    Examples:
+        >>> class Augmented(torch.utils.data.Dataset):
+        ...     epoch = 0
+        ...     def set_epoch(self, epoch): self.epoch = epoch
+        >>> inner = Augmented()
+        >>> set_epoch(torch.utils.data.Subset(inner, [0]), 3), inner.epoch
+        (1, 3)
+    """
+    count = 0
+    for d in _walk(dataset):
+        if callable(getattr(d, "set_epoch", None)):
+            d.set_epoch(epoch)  # idempotent, so a wrapper that forwards it too does no harm
+            count += 1
+    return count
+
+
+def _walk(dataset):
+    seen: set[int] = set()
+    stack = [dataset]
+    while stack:
+        d = stack.pop()
+        if d is None or id(d) in seen:
+            continue
+        seen.add(id(d))
+        yield d
+        stack.extend(getattr(d, "datasets", None) or [])
+        stack.append(getattr(d, "dataset", None))
 
 
 class LossResult(Protocol):
@@ -301,6 +340,7 @@ class Trainer:
         self.model.train()
         apply_frozen_modes(self.model, phase)
         self._sampler.set_epoch(global_epoch)
+        set_epoch(self.train_data, global_epoch)
         self._generator.manual_seed(epoch_seed(cfg.seed, global_epoch))
         trainable = [p for g in optimizer.param_groups for p in g["params"]]
         task = progress.add_task(

@@ -92,6 +92,8 @@ def train(
              "1/lambda of the average loss (default 50).")] = None,
     train_samples: Annotated[Optional[int], typer.Option(help="Synthetic training images.")] = None,
     test_samples: Annotated[Optional[int], typer.Option(help="Synthetic test images.")] = None,
+    viewpoint: Annotated[Optional[str], typer.Option(
+        help="Synthetic hands' viewpoints: stb (third-person, default), fpha (first-person) or any.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Rendering / loading processes.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     device: Device = None,
@@ -112,7 +114,7 @@ def train(
         "model.preset": preset, "model.mano": None if mano is None else str(mano), "model.max_loops": max_loops,
         "data.dataset": dataset, "data.root": None if data_root is None else str(data_root), "data.mix": mix,
         "data.mix_root": None if mix_root is None else str(mix_root), "data.train_samples": train_samples,
-        "data.test_samples": test_samples, "data.workers": workers, "train.protocol": protocol,
+        "data.test_samples": test_samples, "data.viewpoint": viewpoint, "data.workers": workers, "train.protocol": protocol,
         "train.epochs": epochs, "train.loop_epochs": loop_epochs, "train.batch_size": batch_size, "train.lr": lr,
         "gate.enabled": gate, "gate.epochs": gate_epochs, "gate.loss_scale": gate_lambda, "seed": seed,
         "device": device,
@@ -124,6 +126,11 @@ def train(
     _console.print(_table(f"DIR-Net ({run.model.name}) on {run.data.dataset} test data", summary.rows))
     per_loop = ", ".join(f"{a:.3f}" for a in summary.auc3d_per_loop)
     _console.print(f"3D AUC per loop: {per_loop}; mean-pose baseline: {summary.baseline_auc3d:.3f}")
+    for r in summary.loops:
+        _console.print(f"loop {r.loop}: 3D EPE {r.epe3d:.1f} mm, 2D EPE {100 * r.epe2d_crop:.1f}% of the crop, "
+                       f"palm/back {100 * r.palm_accuracy:.0f}% right, rank corr(variance, error) "
+                       f"{r.variance_rank_corr:.2f}")
+    _console.print(f"mean-pose baseline: 3D EPE {summary.baseline_epe3d:.1f} mm")
     _console.print(f"wrote {summary.model_path} and results, figures in {summary.out_dir}")
 
 
@@ -221,11 +228,13 @@ def synth(
     seed: Annotated[int, typer.Option(help="Dataset seed.")] = 0,
     workers: Annotated[Optional[int], typer.Option(help="Rendering processes (default: all cores).")] = None,
     mano: Annotated[Optional[Path], typer.Option(help="MANO file or folder (default: synthetic assets).")] = None,
+    viewpoint: Annotated[str, typer.Option(help="Viewpoints: stb (third-person), fpha (first-person) or any.")] = "stb",
 ) -> None:
     """Render a synthetic hand dataset (images with exact 2D/3D labels) into a cache folder."""
     from recurnet_hand.data.synthetic import generate_synthetic_hands
 
-    path = generate_synthetic_hands(out_dir, num, crop_size, seed, workers, None if mano is None else str(mano))
+    path = generate_synthetic_hands(out_dir, num, crop_size, seed, workers, None if mano is None else str(mano),
+                                    viewpoint=viewpoint)
     _console.print(f"wrote {num} images to {path}")
 
 

@@ -21,10 +21,11 @@ from scipy.spatial.transform import Rotation
 from ..joints import MANO_TO_HAND21, PARENTS
 from .render import DirectionalLight, render_mesh, vertex_normals
 
-__all__ = ["GENERATOR_VERSION", "HandRig", "HandScene", "render_scene"]
+__all__ = ["GENERATOR_VERSION", "DEFAULT_VIEWPOINT", "VIEWPOINTS", "Viewpoint", "viewpoint", "HandRig", "HandScene",
+           "render_scene"]
 
 #: Version of the scene sampler; part of every cache manifest.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 
 # Skin albedos (sRGB, 0-255) from very light to very dark; a tone is drawn between two neighbours.
 _SKIN_TONES = np.array([
@@ -126,6 +127,8 @@ class HandScene:
         joints2d: ``(21, 2)`` float64 crop px, exactly the projection of ``joints3d`` by ``K``.
         K: ``(3, 3)`` float64 crop intrinsics (px).
         mask: ``(S, S)`` bool, pixels covered by the hand (and forearm) mesh before occluders.
+        rotation: ``(3, 3)`` float64 camera-from-hand rotation: the root-relative 3D joints are
+            the MANO hand's (zero global orientation) rotated by it.
     """
 
     image: np.ndarray
@@ -133,6 +136,7 @@ class HandScene:
     joints2d: np.ndarray
     K: np.ndarray
     mask: np.ndarray
+    rotation: np.ndarray
 
 
 def _bone_distance(points: np.ndarray, joints: np.ndarray, child: np.ndarray) -> np.ndarray:
@@ -181,22 +185,89 @@ def sample_hand_pose(rng: np.random.Generator, rig: HandRig) -> np.ndarray:
     return pose
 
 
-def _global_rotation(rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
-    """Camera-from-hand rotation: 40% palm views, 40% back views, 20% any orientation.
+@dataclass(frozen=True)
+class Viewpoint:
+    """A distribution of camera-from-hand rotations (how the camera sees the hand).
 
-    Palm/back views put the palm normal along -Z/+Z, tilt it by up to 50 degrees and
-    roll the hand to any angle in the image.
+    A draw starts from the hand facing the camera with its fingers up in the image
+    (palm towards the camera with probability ``palm_prob``, else the back of the hand),
+    tilts the palm normal away from the optical axis by up to ``tilt_deg`` in a random
+    direction, leans the fingers away from the camera by ``U(lean_deg)`` degrees (a
+    rotation about the image x axis: first-person views look along the hand), and rolls
+    the result about the optical axis by ``U[-roll_deg, roll_deg]``. ``uniform`` draws
+    from all of SO(3) instead.
+
+    Attributes:
+        name: the name in :data:`VIEWPOINTS` (recorded in cache manifests).
+        palm_prob: probability that the palm faces the camera.
+        tilt_deg: largest tilt of the palm normal off the optical axis (degrees).
+        lean_deg: ``(low, high)`` lean of the fingers away from the camera (degrees).
+        roll_deg: largest in-plane roll (degrees).
+        uniform: uniform over SO(3) (the other fields are ignored).
     """
-    kind = rng.choice(3, p=[0.4, 0.4, 0.2])
-    if kind == 2:
-        return Rotation.from_quat(rng.normal(size=4)).as_matrix() @ frame.T  # uniform over SO(3)
-    normal = np.array([0.0, 0.0, -1.0 if kind == 0 else 1.0])
-    up = np.array([0.0, -1.0, 0.0])
-    target = np.column_stack([np.cross(up, normal), up, normal])
-    tilt_axis = rng.normal(size=2)
-    tilt = Rotation.from_rotvec(np.r_[_unit(tilt_axis), 0.0] * rng.uniform(0.0, np.deg2rad(50)))
-    roll = Rotation.from_rotvec([0.0, 0.0, rng.uniform(-np.pi, np.pi)])
-    return (roll * tilt).as_matrix() @ target @ frame.T
+
+    name: str
+    palm_prob: float = 0.5
+    tilt_deg: float = 45.0
+    lean_deg: tuple[float, float] = (0.0, 0.0)
+    roll_deg: float = 60.0
+    uniform: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.palm_prob <= 1.0:
+            raise ValueError(f"Viewpoint {self.name!r}: palm_prob must be in [0, 1], got {self.palm_prob}")
+        lo, hi = self.lean_deg
+        if not (self.tilt_deg >= 0 and self.roll_deg >= 0 and lo <= hi):
+            raise ValueError(f"Viewpoint {self.name!r}: tilt_deg and roll_deg must be >= 0 and lean_deg a "
+                             f"(low, high) pair, got {self.tilt_deg}, {self.roll_deg}, {self.lean_deg}")
+
+    def sample(self, rng: np.random.Generator, frame: np.ndarray) -> np.ndarray:
+        """``(3, 3)`` camera-from-hand rotation for a hand whose rest frame is ``frame`` (see ``_hand_frame``).
+
+        Always draws the same number of random values, whatever the settings.
+        """
+        u = rng.random(7)
+        if self.uniform:
+            return Rotation.from_quat(rng.normal(size=4)).as_matrix() @ frame.T
+        rng.normal(size=4)  # keep the stream aligned with the uniform branch
+        palm = u[0] < self.palm_prob
+        normal = np.array([0.0, 0.0, -1.0 if palm else 1.0])
+        up = np.array([0.0, -1.0, 0.0])
+        target = np.column_stack([np.cross(up, normal), up, normal])
+        direction = 2 * np.pi * u[1]
+        tilt = Rotation.from_rotvec(np.array([np.cos(direction), np.sin(direction), 0.0])
+                                    * np.deg2rad(self.tilt_deg) * np.sqrt(u[2]))
+        lo, hi = self.lean_deg
+        lean = Rotation.from_rotvec([-np.deg2rad(lo + (hi - lo) * u[3]), 0.0, 0.0])
+        roll = Rotation.from_rotvec([0.0, 0.0, np.deg2rad(self.roll_deg) * (2 * u[4] - 1)])
+        return (roll * lean * tilt).as_matrix() @ target @ frame.T
+
+
+#: Named viewpoint distributions of the synthetic hands.
+#:
+#: - ``stb``: third-person views as in STB (a subject gesturing towards a camera in front
+#:   of them): palm or back towards the camera equally often, tilted up to 45 degrees,
+#:   fingers within +-60 degrees of upright. The default.
+#: - ``fpha``: first-person views as in FPHA (a head-mounted camera looking along the
+#:   arm): mostly the back of the hand (80%), fingers leaning 15-60 degrees away from the
+#:   camera, tilted up to 30 degrees, rolled up to +-45 degrees.
+#: - ``any``: every orientation equally likely (uniform over SO(3)).
+VIEWPOINTS: dict[str, Viewpoint] = {
+    "stb": Viewpoint("stb", palm_prob=0.5, tilt_deg=45.0, roll_deg=60.0),
+    "fpha": Viewpoint("fpha", palm_prob=0.2, tilt_deg=30.0, lean_deg=(15.0, 60.0), roll_deg=45.0),
+    "any": Viewpoint("any", uniform=True),
+}
+DEFAULT_VIEWPOINT = "stb"
+
+
+def viewpoint(name: str | Viewpoint) -> Viewpoint:
+    """The :class:`Viewpoint` named ``name`` (a :class:`Viewpoint` is returned as it is)."""
+    if isinstance(name, Viewpoint):
+        return name
+    try:
+        return VIEWPOINTS[name]
+    except KeyError:
+        raise ValueError(f"unknown viewpoint {name!r}; known: {', '.join(VIEWPOINTS)}") from None
 
 
 def _forearm(rng, joints, frame, R, t, tone, sides=14):
@@ -334,9 +405,14 @@ def _background(rng, size: int) -> Image.Image:
 
 
 def _place(rng, verts_cam: np.ndarray, size: int):
-    """Pick intrinsics and a translation so the hand fills 50-85% of the crop near its centre."""
+    """Pick intrinsics and a translation so the hand fills 50-85% of the crop near its centre.
+
+    The principal point is the crop centre, as in a crop centred on the hand: the camera
+    looks at the hand, so its root-relative 3D pose is what the image shows (an off-axis
+    principal point hidden from the network would add perspective skew it cannot know).
+    """
     f = size * rng.uniform(2.2, 4.5)
-    cx, cy = size / 2 + size * rng.uniform(-0.5, 0.5, 2)  # off-axis crops see perspective skew
+    cx = cy = (size - 1) / 2.0
     K = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
     lo, hi = verts_cam.min(0), verts_cam.max(0)
     fill = rng.uniform(0.5, 0.85)
@@ -354,7 +430,8 @@ def _project(K, X):
     return p[:, :2] / p[:, 2:3]
 
 
-def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -> HandScene:
+def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward,
+                 view: Viewpoint | str = DEFAULT_VIEWPOINT) -> HandScene:
     """Render sample ``index`` of the dataset with ``seed``.
 
     Args:
@@ -364,6 +441,7 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
         rig: rest-pose facts of the MANO model.
         mano_forward: ``(pose (15, 3), betas (10,)) -> (vertices (V, 3), joints (21, 3))`` in
             metres with zero global rotation.
+        view: the :class:`Viewpoint` (or its name) the hand's orientation is drawn from.
 
     Returns:
         The :class:`HandScene`.
@@ -382,7 +460,7 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
         verts, joints = mano_forward(pose, betas)
     verts, joints = verts - joints[0], joints - joints[0]
     frame = _hand_frame(joints, rig.is_right)
-    R = _global_rotation(rng, frame)
+    R = viewpoint(view).sample(rng, frame)
     colours, tone = _skin(rng, rig)
     faces = rig.faces
     has_arm = rng.random() < 0.85
@@ -401,7 +479,7 @@ def render_scene(index: int, seed: int, size: int, rig: HandRig, mano_forward) -
     rendered = render_mesh(mesh_v, mesh_f, K, size, vertex_colors=mesh_c, light=light)
     image = _composite(rng, rendered.image, rendered.mask, background)
     joints_cam = joints @ R.T + t
-    return HandScene(image, joints_cam * 1000.0, _project(K, joints_cam), K, rendered.mask)
+    return HandScene(image, joints_cam * 1000.0, _project(K, joints_cam), K, rendered.mask, R)
 
 
 def _composite(rng, hand: np.ndarray, mask: np.ndarray, background: Image.Image) -> np.ndarray:

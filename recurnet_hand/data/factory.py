@@ -12,7 +12,7 @@ every sample of the other hand (image, labels and camera) to that side.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,11 +27,16 @@ from .synthetic import SyntheticHands
 from .transforms import AugmentConfig
 
 __all__ = ["DatasetSpec", "DATASETS", "register_dataset", "build_dataset", "MirrorToSide", "mirror_sample",
-           "TRAIN_AUGMENT"]
+           "TRAIN_AUGMENT", "SYNTHETIC_AUGMENT"]
 
 #: Augmentation used for real training data.
 TRAIN_AUGMENT = AugmentConfig(rotation_deg=30.0, scale=0.15, translation=0.08, brightness=0.3, contrast=0.3,
                               saturation=0.3)
+#: Augmentation of synthetic training hands: the rendering already varies colour, light and
+#: placement, so the geometric ranges are those of real data and the colour ranges smaller.
+#: The shift stays small so the hand stays near the principal point (the crop centre).
+SYNTHETIC_AUGMENT = AugmentConfig(rotation_deg=30.0, scale=0.15, translation=0.04, brightness=0.2, contrast=0.2,
+                                  saturation=0.2)
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class DatasetSpec:
         augment: apply :data:`TRAIN_AUGMENT` to real training data.
         workers: rendering processes for the synthetic cache.
         progress: show progress bars while building caches.
+        viewpoint: ``synthetic`` only: the viewpoint distribution
+            (:data:`recurnet_hand.data.synthetic.VIEWPOINTS`).
+        rotation_deg: largest in-plane rotation of the training augmentation (degrees);
+            None keeps the default of :data:`TRAIN_AUGMENT` / :data:`SYNTHETIC_AUGMENT`.
     """
 
     name: str = "synthetic"
@@ -57,6 +66,8 @@ class DatasetSpec:
     augment: bool = True
     workers: int | None = None
     progress: bool = True
+    viewpoint: str = "stb"
+    rotation_deg: float | None = None
 
 
 #: name -> ``builder(spec, split)``.
@@ -77,8 +88,10 @@ def _root(spec: DatasetSpec) -> Path:
     return root
 
 
-def _augment(spec: DatasetSpec, split: str) -> AugmentConfig | None:
-    return TRAIN_AUGMENT if spec.augment and split == "train" else None
+def _augment(spec: DatasetSpec, split: str, base: AugmentConfig = TRAIN_AUGMENT) -> AugmentConfig | None:
+    if not spec.augment or split != "train":
+        return None
+    return base if spec.rotation_deg is None else replace(base, rotation_deg=float(spec.rotation_deg))
 
 
 # Distinct seeds per split keep the synthetic test set disjoint from the training set.
@@ -90,9 +103,11 @@ def _synthetic(spec: DatasetSpec, split: str) -> Dataset:
     if split not in _SPLIT_SEED:
         raise ValueError(f"synthetic split must be one of {sorted(_SPLIT_SEED)}, got {split!r}")
     seed = spec.seed + _SPLIT_SEED[split]
-    cache = None if spec.root is None else Path(spec.root) / f"{split}-{spec.crop_size}px-seed{seed}"
+    name = f"{split}-{spec.crop_size}px-seed{seed}-{spec.viewpoint}"
+    cache = None if spec.root is None else Path(spec.root) / name
+    augment = _augment(spec, split, SYNTHETIC_AUGMENT)
     return SyntheticHands(spec.num_samples, crop_size=spec.crop_size, seed=seed, cache_dir=cache,
-                          workers=spec.workers, progress=spec.progress)
+                          workers=spec.workers, progress=spec.progress, viewpoint=spec.viewpoint, augment=augment)
 
 
 @register_dataset("stb")
@@ -150,6 +165,8 @@ def mirror_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     flip = torch.tensor([[-1.0, 0.0, size - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=sample["K"].dtype)
     out["K"] = flip @ sample["K"] @ mirror.to(sample["K"].dtype)
     out["is_right"] = ~sample["is_right"]
+    if "rotation" in sample:  # the mirrored hand model: R -> M R M
+        out["rotation"] = mirror @ sample["rotation"] @ mirror
     return out
 
 

@@ -15,11 +15,14 @@ The scene distribution (implemented in :mod:`._scene`):
   move on their own (pointing, counting).
 * Shape: betas ~ N(0, 1) clipped to +-2, shrunk towards the mean if a finger
   would get thinner than 0.5x or thicker than 1.8x the mean hand's.
-* Orientation: 40% palm views, 40% back-of-hand views (tilted up to 50 degrees,
-  any in-plane roll), 20% uniformly random rotations.
-* Camera: focal length 2.2-4.5 crop sizes, principal point within +-0.5 crop
-  sizes of the centre (off-axis crops); distance chosen so the hand spans
-  50-85% of the crop, centred to within 6%.
+* Orientation: drawn from a named :class:`~._scene.Viewpoint` (:data:`VIEWPOINTS`):
+  ``stb`` (the default: third-person views, palm or back towards the camera,
+  tilted up to 45 degrees, fingers within +-60 degrees of upright), ``fpha``
+  (first-person views along the arm, mostly the back of the hand) or ``any``
+  (uniform over all rotations).
+* Camera: focal length 2.2-4.5 crop sizes, principal point at the crop centre
+  (as in a crop centred on the hand); distance chosen so the hand spans 50-85%
+  of the crop, centred to within 6%.
 * Appearance: skin albedo between two of eight tones from very light to very
   dark, lighter palms, low-frequency blotches; a forearm (85%), half of them
   in a sleeve; one directional light from the camera's side (diffuse 0.45-0.85,
@@ -33,8 +36,13 @@ Cache layout (one folder per dataset)::
 
     manifest.json           settings, MANO fingerprint, shard list; "complete" once done
     shard-00000.npz         images (n, S, S, 3) uint8, joints2d (n, 21, 2), joints3d
-    shard-00001.npz         (n, 21, 3), K (n, 3, 3) float32, index (n,) int64
-    ...
+    shard-00001.npz         (n, 21, 3), K (n, 3, 3), rotation (n, 3, 3) float32,
+    ...                     index (n,) int64
+
+Training sets are augmented on the fly (:class:`SyntheticHands` ``augment``): a
+new draw of in-plane rotation, zoom, shift and colour every epoch
+(:meth:`SyntheticHands.set_epoch`), so a cache of ``N`` images serves many more
+distinct training views.
 
 Every file is written to a temporary name and renamed into place. A folder whose
 manifest names other settings is refused (:class:`CacheMismatchError`) unless
@@ -62,11 +70,14 @@ from rich.progress import TimeRemainingColumn
 from rich.text import Text
 
 from ._io import HandDataError
-from ._scene import GENERATOR_VERSION, HandRig, render_scene
-from .transforms import HandCrop
+from PIL import Image
+
+from ._scene import DEFAULT_VIEWPOINT, GENERATOR_VERSION, VIEWPOINTS, HandRig, render_scene, viewpoint
+from .transforms import AugmentConfig, CropBox, HandCrop, crop_hand, sample_augment
 
 __all__ = [
     "GENERATOR_VERSION",
+    "VIEWPOINTS",
     "CacheMismatchError",
     "SyntheticCacheError",
     "SyntheticHands",
@@ -76,7 +87,7 @@ __all__ = [
 _FORMAT = "recurnet-hand-synthetic"
 _MANIFEST = "manifest.json"
 _TASK_SIZE = 25  # samples per worker task: small enough for a smooth progress bar
-_LABELS = {"joints2d": (21, 2), "joints3d": (21, 3), "K": (3, 3)}
+_LABELS = {"joints2d": (21, 2), "joints3d": (21, 3), "K": (3, 3), "rotation": (3, 3)}
 
 
 class SyntheticCacheError(HandDataError):
@@ -145,14 +156,15 @@ class _Renderer:
                              torch.from_numpy(pose.reshape(1, 45)), torch.from_numpy(betas.reshape(1, 10)))
         return out.vertices[0].double().numpy(), out.joints[0].double().numpy()
 
-    def render(self, seed: int, size: int, start: int, stop: int) -> dict[str, np.ndarray]:
+    def render(self, seed: int, size: int, start: int, stop: int, view: str = DEFAULT_VIEWPOINT
+               ) -> dict[str, np.ndarray]:
         """Samples ``start..stop-1`` stacked: images uint8 ``(n, S, S, 3)``, labels float32."""
         threads = torch.get_num_threads()
         # Batch-1 MANO is too small to gain from threads (and slows down badly when cores are
         # busy); one thread also makes its float rounding the same in every process.
         torch.set_num_threads(1)
         try:
-            scenes = [render_scene(i, seed, size, self.rig, self._forward) for i in range(start, stop)]
+            scenes = [render_scene(i, seed, size, self.rig, self._forward, view) for i in range(start, stop)]
         finally:
             torch.set_num_threads(threads)
         return {
@@ -160,6 +172,7 @@ class _Renderer:
             "joints2d": np.stack([s.joints2d for s in scenes]).astype(np.float32),
             "joints3d": np.stack([s.joints3d for s in scenes]).astype(np.float32),
             "K": np.stack([s.K for s in scenes]).astype(np.float32),
+            "rotation": np.stack([s.rotation for s in scenes]).astype(np.float32),
             "index": np.arange(start, stop, dtype=np.int64),
         }
 
@@ -173,8 +186,8 @@ def _worker_init(layer) -> None:
     _WORKER = _Renderer(layer)
 
 
-def _worker_render(seed: int, size: int, start: int, stop: int) -> dict[str, np.ndarray]:
-    return _WORKER.render(seed, size, start, stop)
+def _worker_render(seed: int, size: int, start: int, stop: int, view: str) -> dict[str, np.ndarray]:
+    return _WORKER.render(seed, size, start, stop, view)
 
 
 # --------------------------------------------------------------------------- files
@@ -294,7 +307,8 @@ class _RateColumn(ProgressColumn):
         return Text(f"{task.speed or 0:.1f} img/s", style="progress.data.speed")
 
 
-def _check_args(num_samples, crop_size, seed, workers, side) -> None:
+def _check_args(num_samples, crop_size, seed, workers, side, view=DEFAULT_VIEWPOINT) -> None:
+    viewpoint(view)  # unknown names fail here, listing the known ones
     if int(num_samples) < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if int(crop_size) < 16:
@@ -307,14 +321,14 @@ def _check_args(num_samples, crop_size, seed, workers, side) -> None:
         raise ValueError(f"side must be 'right' or 'left', got {side!r}")
 
 
-def _settings(num_samples, crop_size, seed, side, layer, source) -> dict:
+def _settings(num_samples, crop_size, seed, side, layer, source, view) -> dict:
     return {"format": _FORMAT, "generator_version": GENERATOR_VERSION, "seed": int(seed),
-            "num_samples": int(num_samples), "crop_size": int(crop_size), "side": side,
+            "num_samples": int(num_samples), "crop_size": int(crop_size), "side": side, "viewpoint": view,
             "mano": {"source": source, "sha256": _fingerprint(layer)}}
 
 
 def _differences(manifest: dict, settings: dict) -> list[str]:
-    keys = ["generator_version", "seed", "crop_size", "side"]  # any num_samples is served or extended
+    keys = ["generator_version", "seed", "crop_size", "side", "viewpoint"]  # any num_samples is served or extended
     out = [f"{k}: cache has {manifest.get(k)!r}, requested {settings[k]!r}"
            for k in keys if manifest.get(k) != settings[k]]
     have = (manifest.get("mano") or {}).get("sha256")
@@ -332,7 +346,7 @@ def _clear(root: Path) -> None:
 
 def _build(root, layer, settings, workers, shard_size, progress, keep=()) -> dict:
     """Render samples ``[sum(keep counts), n)`` into new shards after the finished shards ``keep``."""
-    n, seed, size = settings["num_samples"], settings["seed"], settings["crop_size"]
+    n, seed, size, view = settings["num_samples"], settings["seed"], settings["crop_size"], settings["viewpoint"]
     first = sum(e["count"] for e in keep)
     shards = [(len(keep) + j, s, min(s + shard_size, n)) for j, s in enumerate(range(first, n, shard_size))]
     done = {}
@@ -369,11 +383,11 @@ def _build(root, layer, settings, workers, shard_size, progress, keep=()) -> dic
         if workers == 0:
             renderer = _Renderer(layer) if todo else None
             for k, a, b in todo:
-                collect(k, renderer.render(seed, size, a, b))
+                collect(k, renderer.render(seed, size, a, b, view))
         else:
             ctx = get_context("spawn")  # fork after torch/OpenMP start-up is not safe
             with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init, initargs=(layer,)) as pool:
-                futures = {pool.submit(_worker_render, seed, size, a, b): k for k, a, b in todo}
+                futures = {pool.submit(_worker_render, seed, size, a, b, view): k for k, a, b in todo}
                 try:
                     while futures:
                         finished, _ = wait(futures, return_when=FIRST_COMPLETED)
@@ -395,6 +409,7 @@ def generate_synthetic_hands(
     mano=None,
     *,
     side: str = "right",
+    viewpoint: str = DEFAULT_VIEWPOINT,
     shard_size: int = 500,
     rebuild: bool = False,
     progress: bool = True,
@@ -413,6 +428,7 @@ def generate_synthetic_hands(
             ``.npz`` or a folder with ``MANO_RIGHT.pkl``), ``ManoAssets``, or a ``ManoLayer``
             built with ``use_pca=False, flat_hand_mean=True``.
         side: ``"right"`` or ``"left"`` hand.
+        viewpoint: a :data:`VIEWPOINTS` name: how the camera sees the hands.
         shard_size: samples per ``.npz`` shard (a resumed build keeps the original value).
         rebuild: delete a cache built with other settings instead of raising.
         progress: show a progress bar while rendering.
@@ -424,13 +440,13 @@ def generate_synthetic_hands(
         CacheMismatchError: ``out_dir`` holds a cache with other settings and ``rebuild`` is False.
         SyntheticCacheError: the manifest there is unreadable.
     """
-    _check_args(num_samples, crop_size, seed, workers, side)
+    _check_args(num_samples, crop_size, seed, workers, side, viewpoint)
     if int(shard_size) < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     layer, source = _mano_layer(mano, side)
-    settings = _settings(num_samples, crop_size, seed, side, layer, source)
+    settings = _settings(num_samples, crop_size, seed, side, layer, source, viewpoint)
     manifest = _read_manifest(root)
     if manifest is None and any(root.glob("shard-*.npz")):
         manifest = {}  # shards of unknown origin: treat as a mismatch
@@ -480,31 +496,46 @@ class SyntheticHands(torch.utils.data.Dataset):
         cache_dir: folder of the on-disk cache; ``None`` renders on the fly.
         workers: rendering processes when building the cache (ignored without one).
         side: ``"right"`` or ``"left"`` hand.
+        viewpoint: a :data:`VIEWPOINTS` name: how the camera sees the hands.
+        augment: random augmentation applied on top of the rendering (training sets):
+            in-plane rotation about the optical axis (image, 2D joints, 3D joints and
+            rotation together), zoom and shift about the crop centre, colour jitter. The
+            draw of sample ``i`` depends on ``(seed, epoch, i)``; see :meth:`set_epoch`.
+            None: samples exactly as rendered.
         rebuild: replace a cache built with other settings instead of raising.
         progress: show a progress bar while building the cache.
 
     Returns samples as dicts (see the sample-format notes): ``image`` float32
     ``(3, S, S)`` in ``[0, 1]``, ``joints2d`` float32 ``(21, 2)`` crop px, ``joints3d``
-    float32 ``(21, 3)`` mm in the camera frame, ``K`` float32 ``(3, 3)``, ``has_2d`` and
-    ``has_3d`` True, ``is_right``, ``index``.
+    float32 ``(21, 3)`` mm in the camera frame, ``K`` float32 ``(3, 3)``, ``rotation``
+    float32 ``(3, 3)`` (camera from MANO hand), ``has_2d``, ``has_3d`` and ``has_rotation``
+    True, ``is_right``, ``index``.
     """
 
     def __init__(self, num_samples: int, crop_size: int = 224, seed: int = 0, mano=None,
                  cache_dir: str | os.PathLike | None = None, workers: int | None = None, side: str = "right",
-                 *, rebuild: bool = False, progress: bool = True) -> None:
-        _check_args(num_samples, crop_size, seed, workers, side)
+                 *, viewpoint: str = DEFAULT_VIEWPOINT, augment: AugmentConfig | None = None, rebuild: bool = False,
+                 progress: bool = True) -> None:
+        _check_args(num_samples, crop_size, seed, workers, side, viewpoint)
+        if augment is not None and not isinstance(augment, AugmentConfig):
+            raise TypeError(f"augment must be an AugmentConfig or None, got {type(augment).__name__}")
         self.num_samples, self.crop_size, self.seed, self.side = int(num_samples), int(crop_size), int(seed), side
+        self.viewpoint, self.augment, self.epoch = viewpoint, augment, 0
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._renderer = self._reader = None
         if self.cache_dir is None:
             self._renderer = _Renderer(_mano_layer(mano, side)[0])
         else:
             generate_synthetic_hands(self.cache_dir, num_samples, crop_size, seed, workers, mano, side=side,
-                                     rebuild=rebuild, progress=progress)
+                                     viewpoint=viewpoint, rebuild=rebuild, progress=progress)
             self._reader = _ShardReader(self.cache_dir, _read_manifest(self.cache_dir))
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the augmentation of epoch ``epoch`` from now on (the trainer calls this every epoch)."""
+        self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         i = int(index)
@@ -514,8 +545,15 @@ class SyntheticHands(torch.utils.data.Dataset):
             image = self._reader.image(i)
             labels = {k: v[i] for k, v in self._reader.labels.items()}
         else:
-            part = self._renderer.render(self.seed, self.crop_size, i, i + 1)
+            part = self._renderer.render(self.seed, self.crop_size, i, i + 1, self.viewpoint)
             image, labels = part["images"][0], {k: part[k][0] for k in _LABELS}
-        crop = HandCrop(image=image.transpose(2, 0, 1).astype(np.float32) / 255.0, is_right=self.side == "right",
-                        **labels)
+        is_right = self.side == "right"
+        if self.augment is None:
+            crop = HandCrop(image=image.transpose(2, 0, 1).astype(np.float32) / 255.0, is_right=is_right, **labels)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, i, 0xA4])
+            centre = (self.crop_size - 1) / 2.0
+            crop = crop_hand(Image.fromarray(image), labels["joints2d"], labels["joints3d"], labels["K"], is_right,
+                             size=self.crop_size, params=sample_augment(self.augment, rng),
+                             box=CropBox(centre, centre, float(self.crop_size)), rotation=labels["rotation"])
         return crop.to_sample(i)

@@ -145,6 +145,8 @@ class HandCrop:
         K: ``(3, 3)`` float32 crop intrinsics; all zeros when the source had none.
         is_right: right hand, after any flip.
         box: the square source region (after rotation) the crop was taken from.
+        rotation: ``(3, 3)`` float32 camera-from-hand rotation of the hand model, when the
+            source knows it (synthetic hands); rotated and mirrored with the 3D joints.
     """
 
     image: np.ndarray
@@ -153,10 +155,16 @@ class HandCrop:
     K: np.ndarray
     is_right: bool
     box: CropBox | None = field(default=None)
+    rotation: np.ndarray | None = field(default=None)
 
     def to_sample(self, index: int, *, has_2d: bool = True, has_3d: bool = True) -> dict[str, torch.Tensor]:
         """The dataset sample dict (see the sample-format notes): tensors keyed
-        ``image, joints2d, joints3d, K, has_2d, has_3d, is_right, index``."""
+        ``image, joints2d, joints3d, K, has_2d, has_3d, is_right, index`` (and ``rotation``,
+        ``has_rotation`` when the crop has a rotation)."""
+        extra = {} if self.rotation is None else {
+            "rotation": torch.from_numpy(np.ascontiguousarray(self.rotation, dtype=np.float32)),
+            "has_rotation": torch.tensor(True),
+        }
         return {
             "image": torch.from_numpy(np.ascontiguousarray(self.image, dtype=np.float32)),
             "joints2d": torch.from_numpy(np.ascontiguousarray(self.joints2d, dtype=np.float32)),
@@ -166,6 +174,7 @@ class HandCrop:
             "has_3d": torch.tensor(bool(has_3d)),
             "is_right": torch.tensor(bool(self.is_right)),
             "index": torch.tensor(int(index), dtype=torch.int64),
+            **extra,
         }
 
 
@@ -288,6 +297,7 @@ def flip_crop(crop: HandCrop) -> HandCrop:
     mirror = np.diag([-1.0, 1.0, 1.0])
     joints2d = crop.joints2d.astype(np.float64).copy()
     joints2d[:, 0] = size - 1.0 - joints2d[:, 0]
+    rotation = None if crop.rotation is None else (mirror @ crop.rotation.astype(np.float64) @ mirror)
     return replace(
         crop,
         image=np.ascontiguousarray(crop.image[..., ::-1]),
@@ -295,11 +305,13 @@ def flip_crop(crop: HandCrop) -> HandCrop:
         joints3d=(crop.joints3d.astype(np.float64) @ mirror).astype(np.float32),
         K=(f @ crop.K.astype(np.float64) @ mirror).astype(np.float32),
         is_right=not crop.is_right,
+        rotation=None if rotation is None else rotation.astype(np.float32),
     )
 
 
 def crop_hand(image: Image.Image, joints2d: np.ndarray, joints3d: np.ndarray, K: np.ndarray, is_right: bool,
-              size: int = 224, margin: float = 1.4, params: AugmentParams | None = None) -> HandCrop:
+              size: int = 224, margin: float = 1.4, params: AugmentParams | None = None, *,
+              box: CropBox | None = None, rotation: np.ndarray | None = None) -> HandCrop:
     """Crop a square around the hand, resize to ``size`` and apply one augmentation draw.
 
     Args:
@@ -311,6 +323,10 @@ def crop_hand(image: Image.Image, joints2d: np.ndarray, joints3d: np.ndarray, K:
         size: crop side S (px).
         margin: crop side over the joints' bounding-box side (before scale jitter).
         params: augmentation draw; None for a plain crop.
+        box: crop this square (source px, after the rotation) instead of the joints' box;
+            the draw's scale and shift still apply to it. A source that is already a crop
+            centred on the hand passes its own extent.
+        rotation: ``(3, 3)`` camera-from-hand rotation, rotated with the 3D joints.
 
     Returns:
         :class:`HandCrop` whose ``K @ joints3d / Z`` equals ``joints2d`` when ``K`` is defined.
@@ -328,7 +344,13 @@ def crop_hand(image: Image.Image, joints2d: np.ndarray, joints3d: np.ndarray, K:
     rot2d = image_rotation(params.angle_deg, K, pivot=centre)
     joints2d = joints2d @ rot2d[:2, :2].T + rot2d[:2, 2]
     joints3d = joints3d @ _rotation_z(params.angle_deg).T
-    box = square_box(joints2d, margin=margin, scale=params.scale, shift=params.shift)
+    if rotation is not None:
+        rotation = _rotation_z(params.angle_deg) @ np.asarray(rotation, dtype=np.float64)
+    if box is None:
+        box = square_box(joints2d, margin=margin, scale=params.scale, shift=params.shift)
+    else:
+        side = box.side * params.scale
+        box = CropBox(box.cx + params.shift[0] * side, box.cy + params.shift[1] * side, side)
     to_crop = crop_affine(box, size)
     affine = to_crop @ rot2d  # source pixels -> crop pixels
     crop = HandCrop(
@@ -339,6 +361,7 @@ def crop_hand(image: Image.Image, joints2d: np.ndarray, joints3d: np.ndarray, K:
         K=(to_crop @ K).astype(np.float32),
         is_right=bool(is_right),
         box=box,
+        rotation=None if rotation is None else rotation.astype(np.float32),
     )
     if params.flip:
         crop = flip_crop(crop)

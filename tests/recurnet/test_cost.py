@@ -6,14 +6,14 @@ import pytest
 import timm
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from recurnet import ComponentCost, CostModel, LearnedGate, LoopState, count_macs, count_params, loopify
+from recurnet.cost import flop_counter_mode
 
 
 def _counted_run(net, x, **kwargs):
     """Multiply-adds FlopCounterMode sees in one real forward call."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter_mode() as counter:
         out = net(x, **kwargs)
     return counter.get_total_flops() // 2, out
 

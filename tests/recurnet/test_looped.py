@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as nnf
 from hypothesis import HealthCheck, given, settings
@@ -480,3 +481,40 @@ def test_bad_loopify_arguments_fail_clearly():
         loopify(3, 2)
     with pytest.raises(ValueError, match="head names must be identifiers"):
         loopify("test_resnet", 2, heads={"my head": nn.Identity()}, check_size=(64, 64))
+
+
+def test_auxiliary_heads_run_in_training_only_and_cost_nothing():
+    aux = {"dense": lambda c: nn.Conv2d(c, 2, 1)}
+    net = loopify("test_resnet", stage=1, max_loops=1, check_size=(32, 32), auxiliary=aux,
+                  heads={"y": lambda c: nn.Linear(c, 1)})
+    plain = loopify("test_resnet", stage=1, max_loops=1, check_size=(32, 32), heads={"y": lambda c: nn.Linear(c, 1)})
+    x = torch.randn(2, 3, 32, 32)
+    out = net.train()(x)
+    feats = net.extractor(x)
+    assert out.auxiliary["dense"].shape == (2, 2, *feats.shape[-2:])
+    assert net.eval()(x).auxiliary == {}
+    assert net(x, return_auxiliary=True).auxiliary["dense"].shape[1] == 2
+    # The cost model (and so out.macs) leaves the training-only heads out.
+    assert net.cost_model((3, 32, 32)) == plain.cost_model((3, 32, 32))
+
+
+def test_a_looped_net_built_from_parts_runs():
+    from recurnet.feedback import FEEDBACK
+    from recurnet.heads import build_heads
+    from recurnet.split import split_backbone
+
+    parts = split_backbone(timm.create_model("test_resnet", pretrained=False), 1, check_size=(32, 32))
+    feedback = FEEDBACK.build("attention", parts.refiner_channels, parts.stage.channels, parts.scale)
+    heads = build_heads({"y": lambda c: nn.Linear(c, 2)}, parts.refiner_channels)
+    net = recurnet.LoopedNet(parts, 1, feedback, heads)
+    assert net.in_chans == 3
+    out = net.eval()(torch.randn(2, 3, 32, 32))
+    assert out.final["y"].shape == (2, 2) and out.macs.shape == (2,)
+
+
+def test_compaction_is_refused_in_training_mode():
+    net = loopify("test_resnet", stage=1, max_loops=1, check_size=(32, 32), heads={"y": lambda c: nn.Linear(c, 1)},
+                  policy=FixedLoops(0))
+    with pytest.raises(ValueError, match="compact.*eval mode"):
+        net.train()(torch.randn(2, 3, 32, 32), exit="compact")
+    assert net(torch.randn(2, 3, 32, 32), exit="simulate").exit_step.tolist() == [0, 0]

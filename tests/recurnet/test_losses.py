@@ -259,3 +259,15 @@ def test_registered_task_loss_kind_is_usable():
     output = make_output([{"y": torch.full((2, 1), 2.0)}])
     out = LoopLoss([LossTerm("y", "t", kind=name)])(output, {"t": torch.zeros(2, 1)})
     assert float(out.total) == 8.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_uncertainty_losses_stay_finite_in_half_precision(dtype):
+    """Half-precision inputs are computed in float32; within the heads' default bound (10) so are gradients."""
+    err = torch.tensor([2.0, 2.0, 2.0], dtype=dtype)
+    for fn in (gaussian_uncertainty_loss, l1_uncertainty_loss):
+        loss = fn(err, torch.tensor([-30.0, 0.0, 30.0], dtype=dtype))
+        assert loss.dtype == torch.float32 and torch.isfinite(loss).all()
+        a = torch.tensor([-10.0, 0.0, 10.0], dtype=dtype, requires_grad=True)
+        (grad,) = torch.autograd.grad(fn(err, a).sum(), [a])
+        assert torch.isfinite(grad).all()

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import recurnet
 from recurnet import (
     POLICIES,
     ComputeBudget,
@@ -323,3 +324,15 @@ def test_bad_policy_answers_fail_clearly(answer, error, message, mode, make_net,
     net.policy = answer
     with pytest.raises(error, match=f"exit policy function {message}"):
         net(make_images(3), exit=mode)
+
+
+def test_a_compute_budget_subclass_still_gets_the_cost_model():
+    class Stricter(recurnet.ComputeBudget):
+        pass
+
+    net = recurnet.loopify("test_resnet", stage=1, max_loops=2, check_size=(32, 32),
+                           heads={"y": lambda c: torch.nn.Linear(c, 1)}).eval()
+    one_pass = net.cost_model((3, 32, 32)).macs_until(0)
+    net.policy = Stricter(one_pass * 1.01)
+    out = net(torch.randn(3, 3, 32, 32), count_cost=False)
+    assert out.exit_step.tolist() == [0, 0, 0]

@@ -105,7 +105,7 @@ def test_protocol_phases():
     phases = Progressive((50, 20, 20)).phases(max_loops=2)
     assert [(p.loops, p.epochs) for p in phases] == [(0, 50), (1, 20), (2, 20)]
     assert [p.lr_scale for p in phases] == pytest.approx([1.0, 0.1, 0.01])
-    assert phases[0].frozen == () and phases[1].frozen == phases[2].frozen == ("extractor",)
+    assert phases[0].frozen == () and phases[1].frozen == phases[2].frozen == ("extractor", "auxiliary")
     assert phases[0].full_lr == () and phases[2].full_lr == ("feedback",)
     assert [p.init_from_previous for p in phases] == [False, True, True]
     assert Progressive((50, 20, 20)).total_epochs == 90
@@ -123,7 +123,7 @@ def test_protocol_validation_and_round_trip():
     p = Progressive([3, 2], lr_decay=0.5)
     assert protocol_from_dict(protocol_to_dict(p)) == p
     assert protocol_to_dict(p) == {"name": "progressive", "epochs": [3, 2], "lr_decay": 0.5,
-                                   "full_lr": ["feedback"], "freeze": ["extractor"]}
+                                   "full_lr": ["feedback"], "freeze": ["extractor", "auxiliary"]}
     with pytest.raises(KeyError, match="unknown training protocol 'nope'"):
         protocol_from_dict({"name": "nope"})
     assert set(PROTOCOLS.names()) >= {"end_to_end", "progressive"}
@@ -176,7 +176,7 @@ def test_train_config_validation_and_round_trip():
     cfg = TrainConfig(Progressive((2, 1)), lr=0.01, out_dir="runs/x")
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert config_to_dict(cfg)["protocol"] == {"name": "progressive", "epochs": [2, 1], "lr_decay": 0.1,
-                                               "full_lr": ["feedback"], "freeze": ["extractor"]}
+                                               "full_lr": ["feedback"], "freeze": ["extractor", "auxiliary"]}
     with pytest.raises(ValueError, match="lr"):
         TrainConfig(EndToEnd(1), lr=float("nan"))
     with pytest.raises(ValueError, match="batch_size"):

@@ -66,6 +66,7 @@ def test_dirnet_gradients_reach_every_trainable_part(tiny_net):
     out = net(torch.rand(4, 3, 96, 96))
     loss = sum(it["joints3d"].square().mean() + it["joints2d"].mean() for it in out.iterations)
     loss = loss + sum(lv["joints3d"].mean() + lv["joints2d"].mean() for lv in out.log_variance)
+    loss = loss + out.auxiliary["heatmaps"].square().mean()  # the training-only heatmap head
     net.zero_grad()
     loss.backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]

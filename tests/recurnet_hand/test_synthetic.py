@@ -42,7 +42,8 @@ def test_sample_has_the_documented_keys_types_and_shapes(cache):
     ds = SyntheticHands(5, S, seed=3, cache_dir=cache)
     assert len(ds) == 5
     sample = ds[4]
-    assert set(sample) == {"image", "joints2d", "joints3d", "K", "has_2d", "has_3d", "is_right", "index"}
+    assert set(sample) == {"image", "joints2d", "joints3d", "K", "rotation", "has_2d", "has_3d", "has_rotation",
+                           "is_right", "index"}
     assert sample["image"].dtype == torch.float32 and sample["image"].shape == (3, S, S)
     assert 0.0 <= sample["image"].min() and sample["image"].max() <= 1.0
     assert sample["joints2d"].shape == (21, 2) and sample["joints3d"].shape == (21, 3)
@@ -57,7 +58,7 @@ def test_sample_has_the_documented_keys_types_and_shapes(cache):
 
 def test_shards_hold_uint8_images_and_float32_labels(cache):
     with np.load(cache / "shard-00002.npz") as shard:
-        assert sorted(shard.files) == ["K", "images", "index", "joints2d", "joints3d"]
+        assert sorted(shard.files) == ["K", "images", "index", "joints2d", "joints3d", "rotation"]
         assert shard["images"].dtype == np.uint8 and shard["images"].shape == (1, S, S, 3)
         assert shard["joints3d"].dtype == np.float32 and shard["joints2d"].dtype == np.float32
         assert shard["K"].dtype == np.float32 and shard["index"].tolist() == [4]
@@ -151,9 +152,9 @@ def test_a_cache_serves_fewer_samples_and_extends_to_more(tmp_path, live, monkey
     real = synthetic._Renderer.render
     starts = []
 
-    def recording(self, seed, size, start, stop):
+    def recording(self, seed, size, start, stop, *rest):
         starts.append((start, stop))
-        return real(self, seed, size, start, stop)
+        return real(self, seed, size, start, stop, *rest)
 
     monkeypatch.setattr(synthetic._Renderer, "render", recording)
     fewer = SyntheticHands(2, S, seed=3, cache_dir=root, workers=0, progress=False)
@@ -184,10 +185,10 @@ def test_an_interrupted_extension_resumes(tmp_path, monkeypatch):
     generate_synthetic_hands(root, 2, S, seed=0, workers=0, shard_size=2, progress=False)
     real = synthetic._Renderer.render
 
-    def interrupted(self, seed, size, start, stop):
+    def interrupted(self, seed, size, start, stop, *rest):
         if start >= 4:
             raise RuntimeError("interrupted")
-        return real(self, seed, size, start, stop)
+        return real(self, seed, size, start, stop, *rest)
 
     monkeypatch.setattr(synthetic._Renderer, "render", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
@@ -219,14 +220,14 @@ def test_no_temporary_files_are_left_and_an_interrupted_build_resumes(tmp_path, 
     real = synthetic._Renderer.render
     starts = []
 
-    def interrupted(self, seed, size, start, stop):
+    def interrupted(self, seed, size, start, stop, *rest):
         if start >= 2:  # the second shard never finishes
             raise RuntimeError("interrupted")
-        return real(self, seed, size, start, stop)
+        return real(self, seed, size, start, stop, *rest)
 
-    def recording(self, seed, size, start, stop):
+    def recording(self, seed, size, start, stop, *rest):
         starts.append(start)
-        return real(self, seed, size, start, stop)
+        return real(self, seed, size, start, stop, *rest)
 
     monkeypatch.setattr(synthetic._Renderer, "render", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
