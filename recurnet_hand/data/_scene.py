@@ -243,15 +243,13 @@ class Viewpoint:
         return (roll * lean * tilt).as_matrix() @ target @ frame.T
 
 
-#: Named viewpoint distributions of the synthetic hands.
-#:
-#: - ``stb``: third-person views as in STB (a subject gesturing towards a camera in front
-#:   of them): palm or back towards the camera equally often, tilted up to 45 degrees,
-#:   fingers within +-60 degrees of upright. The default.
-#: - ``fpha``: first-person views as in FPHA (a head-mounted camera looking along the
-#:   arm): mostly the back of the hand (80%), fingers leaning 15-60 degrees away from the
-#:   camera, tilted up to 30 degrees, rolled up to +-45 degrees.
-#: - ``any``: every orientation equally likely (uniform over SO(3)).
+#: Named viewpoint distributions of the synthetic hands. ``stb``: third-person views as in
+#: STB (a subject gesturing towards a camera in front of them): palm or back towards the
+#: camera equally often, tilted up to 45 degrees, fingers within 60 degrees of upright; the
+#: default. ``fpha``: first-person views as in FPHA (a head-mounted camera looking along the
+#: arm): mostly the back of the hand (80%), fingers leaning 15 to 60 degrees away from the
+#: camera, tilted up to 30 degrees, rolled up to 45 degrees either way. ``any``: every
+#: orientation equally likely (uniform over SO(3)).
 VIEWPOINTS: dict[str, Viewpoint] = {
     "stb": Viewpoint("stb", palm_prob=0.5, tilt_deg=45.0, roll_deg=60.0),
     "fpha": Viewpoint("fpha", palm_prob=0.2, tilt_deg=30.0, lean_deg=(15.0, 60.0), roll_deg=45.0),
