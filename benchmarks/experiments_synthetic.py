@@ -60,6 +60,8 @@ def variants(max_loops: int) -> list[Variant]:
         Variant("3", "iterations with AMG", {"model.feedback": "attention"}, last),
         Variant("3", "with AMG + gate (tau_gate=1)", {"model.feedback": "attention"}, ("gate", "tau_gate=1")),
         Variant("3", "with AMG, end-to-end", {"model.feedback": "attention", "train.protocol": "end-to-end"}, last),
+        Variant("3", "with AMG, progressive without lr decay", {"model.feedback": "attention", "train.lr_decay": 1.0},
+                last),
         Variant("3", "with AMG, end-to-end + gate (tau_gate=1)",
                 {"model.feedback": "attention", "train.protocol": "end-to-end"}, ("gate", "tau_gate=1")),
     ]

@@ -12,18 +12,20 @@ gradients, no rotation supervision, no augmentation):
 3. ``+ normalised errors``: 3D in units of 100 mm, 2D in eighths of the crop,
    log-variances soft-bounded and started at -2;
 4. ``+ detached variance``: the uncertainty terms train the variances only;
-5. ``+ rotation loss``: squared error of the global rotation matrix;
-6. ``+ training-only heatmap head``: dense 2D supervision of the extractor;
-7. ``+ lr 6e-3`` and ``+ heatmap weight 3``: the recipe ``recurnet-hand train`` uses
-   (at the ``cpu`` preset's 96 px crops; one row shows 128 px);
-8. and single changes of that recipe (indented rows).
+5. ``+ training-only heatmap head``: dense 2D supervision of the extractor;
+6. ``+ lr 6e-3`` and ``+ heatmap weight 3``: the recipe ``recurnet-hand train`` uses
+   (at the ``cpu`` preset's 96 px crops);
+7. and single changes of that recipe (indented rows): the rotation loss (a squared
+   error of the global rotation matrix, which the synthetic data know), variance terms
+   that re-weight the task gradients, augmentation without rotation, 128 px crops.
 
 The mean-pose baseline on the same test set is printed beside every row. The
 table goes to ``benchmarks/results/recipe_ablation.md``.
 
-Run (about 35 minutes on 2 cores)::
+Run (about 25 minutes on 2 cores)::
 
     python benchmarks/recipe_ablation.py
+    python benchmarks/recipe_ablation.py --out runs/ablation --reuse   # keep the runs; rerun only changed rows
     python benchmarks/recipe_ablation.py --quick     # a minute; checks the script, numbers mean little
 """
 
@@ -39,21 +41,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
 
-from recurnet_hand.config import RunConfig, with_overrides  # noqa: E402
+import yaml  # noqa: E402
+
+from recurnet_hand.config import RunConfig, config_to_dict, with_overrides  # noqa: E402
+from recurnet_hand.evaluation import LoopSummary  # noqa: E402
 from recurnet_hand.train import default_cache_dir, train  # noqa: E402
 
 OLD = {"loss.weight_2d": 0.05, "loss.weight_3d": 0.002, "loss.weight_var": 0.1, "loss.weight_rotation": 0.0,
        "loss.weight_pose": 0.01, "loss.weight_shape": 0.01, "loss.unit_3d_mm": 1.0, "loss.unit_2d": 1 / 96,
        "loss.detach_variance": False, "model.log_var_bound": None, "model.log_var_init": 0.0,
-       "data.augment": False, "model.heatmaps": False}
+       "data.augment": False, "model.heatmaps": False, "train.lr": 1e-3, "loss.weight_heatmap": 1.0}
 AUGMENT = {**OLD, "data.augment": True}
-NORMALISED = {**AUGMENT, "loss.weight_2d": 1.0, "loss.weight_3d": 1.0, "loss.weight_pose": 0.001, "loss.weight_shape": 0.001,
-              "loss.unit_3d_mm": 100.0, "loss.unit_2d": 0.125, "model.log_var_bound": 10.0,
+NORMALISED = {**AUGMENT, "loss.weight_2d": 1.0, "loss.weight_3d": 1.0, "loss.weight_pose": 0.001,
+              "loss.weight_shape": 0.001, "loss.unit_3d_mm": 100.0, "loss.unit_2d": 0.125, "model.log_var_bound": 10.0,
               "model.log_var_init": -2.0}
 DETACHED = {**NORMALISED, "loss.detach_variance": True}
-ROTATION = {**DETACHED, "loss.weight_rotation": 1.0}
-HEATMAPS = {**ROTATION, "model.heatmaps": True}
-
+HEATMAPS = {**DETACHED, "model.heatmaps": True}
 LR = {**HEATMAPS, "train.lr": 6e-3}
 DEFAULT = {**LR, "loss.weight_heatmap": 3.0}
 
@@ -63,14 +66,11 @@ ROWS = [
     ("+ augmentation", AUGMENT),
     ("+ normalised errors, bounded log-variance", NORMALISED),
     ("+ detached variance terms", DETACHED),
-    ("+ rotation loss", ROTATION),
     ("+ training-only heatmap head", HEATMAPS),
     ("+ lr 6e-3 instead of 1e-3", LR),
     ("+ heatmap weight 3 (the new default)", DEFAULT),
-    ("  lr 3e-3", {**DEFAULT, "train.lr": 3e-3}),
-    ("  batch 64", {**DEFAULT, "train.batch_size": 64}),
-    ("  rotation loss weight 5", {**DEFAULT, "loss.weight_rotation": 5.0}),
-    ("  no rotation loss", {**DEFAULT, "loss.weight_rotation": 0.0}),
+    ("  + rotation loss (weight 1)", {**DEFAULT, "loss.weight_rotation": 1.0}),
+    ("  + rotation loss (weight 5)", {**DEFAULT, "loss.weight_rotation": 5.0}),
     ("  variance terms not detached", {**DEFAULT, "loss.detach_variance": False}),
     ("  augmentation without rotation", {**DEFAULT, "data.rotation_deg": 0.0}),
     ("  128 px crops", {**DEFAULT, "model.crop_size": 128}),
@@ -83,6 +83,27 @@ def proxy(epochs: int, train_samples: int, test_samples: int) -> dict:
             "data.test_samples": test_samples, "gate.enabled": False, "seed": 0}
 
 
+def _finished(run: RunConfig, root: Path | None = None) -> dict | None:
+    """The ``summary.json`` of a finished run of ``run``'s configuration, with its training minutes.
+
+    Looks in ``run.out_dir`` and, with ``root``, in every run folder under it (rows may have
+    been renumbered); the folder name itself is not part of the comparison. Minutes run from
+    the configuration's writing (data ready) to the summary's (evaluation done).
+    """
+    want = {**config_to_dict(run), "out_dir": None}
+    folders = [Path(run.out_dir)] + (sorted(p for p in root.iterdir() if p.is_dir()) if root is not None else [])
+    for out in folders:
+        config, summary = out / "config.yaml", out / "summary.json"
+        if not (config.is_file() and summary.is_file()):
+            continue
+        if {**(yaml.safe_load(config.read_text()) or {}), "out_dir": None} != want:
+            continue
+        record = json.loads(summary.read_text())
+        record["minutes"] = (summary.stat().st_mtime - config.stat().st_mtime) / 60
+        return record
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, timing=False)
@@ -91,9 +112,13 @@ def main(argv=None) -> int:
     parser.add_argument("--test-samples", type=int, default=500, help="synthetic test images (default 500)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="row numbers to run (default all)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --out: read rows whose run folder holds a finished run of the same configuration")
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's cache; a temporary one with --quick)")
     args = parser.parse_args(argv)
+    if args.reuse and args.out is None:
+        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
     device = setup(args)
     if args.quick:
         args.epochs, args.train_samples, args.test_samples = 1, 64, 32
@@ -107,11 +132,13 @@ def main(argv=None) -> int:
             continue
         run = with_overrides(RunConfig(), {**base, **overrides, "data.root": cache, "device": str(device),
                                            "out_dir": str(out_root / f"row{i}")})
-        start = time.perf_counter()
-        summary = train(run, progress=False)
-        minutes = (time.perf_counter() - start) / 60
-        r = summary.loops[0]
-        baseline = (summary.baseline_epe3d, summary.baseline_auc3d)
+        record = _finished(run, out_root) if args.reuse else None
+        if record is None:
+            train(run, progress=False)
+            record = _finished(run)
+        r = LoopSummary(**record["loops"][0])
+        minutes = record["minutes"]
+        baseline = (record["baseline_epe3d"], record["baseline_auc3d"])
         lines.append([label, f"{r.epe3d:.1f}", f"{r.auc3d:.3f}", f"{100 * r.epe2d_crop:.1f}",
                       f"{100 * r.palm_accuracy:.0f}%", f"{r.variance_rank_corr:.2f}", f"{minutes:.1f}"])
         print(json.dumps({"row": i, "label": label, **r.__dict__, "minutes": minutes}), flush=True)

@@ -13,8 +13,8 @@ Samples without 3D labels (PANOPTIC) train the 2D terms only (``has_3d`` mask).
 Errors are normalised before the losses (3D in units of 100 mm, 2D in eighths
 of the crop side), so the terms weigh alike and the log-variances start in
 range; the uncertainty terms train the variances without re-weighting the task
-gradients, and a squared error on the global rotation matrix supervises the
-hand's orientation where the data know it (synthetic hands).
+gradients. A squared error on the global rotation matrix can supervise the hand's
+orientation where the data know it (synthetic hands; off by default).
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ class LossConfig:
         weight_3d: ``gamma_3D`` on the squared 3D error.
         weight_var: ``gamma_var`` on each uncertainty term.
         weight_rotation: squared error of the predicted global rotation matrix, where the
-            data know it (synthetic hands; MANO head only). 0 disables it.
+            data know it (synthetic hands; MANO head only). 0 (the default) disables it: in
+            the recipe ablation it did not help once the heatmap head and the higher learning
+            rate were in.
         weight_heatmap: squared error of the training-only 2D heatmaps (summed over each
             map, averaged over joints), when the model has the heatmap head.
         heatmap_sigma: standard deviation of the target Gaussians, in heatmap cells.
@@ -61,7 +63,7 @@ class LossConfig:
     weight_2d: float = 1.0
     weight_3d: float = 1.0
     weight_var: float = 0.1
-    weight_rotation: float = 1.0
+    weight_rotation: float = 0.0
     weight_heatmap: float = 3.0
     heatmap_sigma: float = 1.0
     weight_pose: float = 0.001

@@ -231,10 +231,19 @@ def test_experiments_synthetic_reuse_needs_a_runs_folder(bench, capsys):
 
 
 @pytest.mark.slow
-def test_recipe_ablation_quick(bench, tmp_path, capsys):
-    assert bench("recipe_ablation").main(_quick(tmp_path) + ["--out", str(tmp_path / "runs"), "--only", "0", "7"]) == 0
+def test_recipe_ablation_quick(bench, tmp_path, capsys, monkeypatch):
+    script = bench("recipe_ablation")
+    runs = ["--out", str(tmp_path / "runs"), "--only", "0", "7"]
+    assert script.main(_quick(tmp_path) + runs) == 0
     text = capsys.readouterr().out
     assert "| old recipe |" in text and "(the new default) |" in text and "Mean-pose baseline" in text
+
+    def retrain(*args, **kwargs):
+        raise AssertionError("--reuse must read the finished runs back")
+
+    monkeypatch.setattr(script, "train", retrain)
+    assert script.main(_quick(tmp_path) + runs + ["--reuse"]) == 0
+    assert capsys.readouterr().out.count("| old recipe |") == 1
 
 
 @pytest.mark.slow
@@ -242,3 +251,9 @@ def test_default_run_quick(bench, tmp_path, capsys):
     assert bench("default_run").main(_quick(tmp_path) + ["--out", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "## Per loop" in text and "rank corr" in text and "Exit policies against every loop" in text
+
+
+def test_recipe_ablation_reuse_needs_a_runs_folder(bench, capsys):
+    with pytest.raises(SystemExit):
+        bench("recipe_ablation").main(["--quick", "--reuse"])
+    assert "--reuse needs --out" in capsys.readouterr().err

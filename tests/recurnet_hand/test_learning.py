@@ -160,7 +160,7 @@ def test_loss_terms_are_in_normalised_units():
     net = build_dirnet(preset("tiny", max_loops=0, crop_size=S))
     out = net(torch.rand(4, 3, S, S), exit="all")
     batch = _batch()
-    base = HandLoss(LossConfig(unit_3d_mm=1.0, unit_2d=1.0 / S), crop_size=S)(out, batch)
+    base = HandLoss(LossConfig(unit_3d_mm=1.0, unit_2d=1.0 / S, weight_rotation=1.0), crop_size=S)(out, batch)
     scaled = HandLoss(LossConfig(), crop_size=S)(out, batch)
     # Squared 3D error in units of 100 mm is 1e-4 of the one in mm.
     assert scaled.task["3d"][0].item() == pytest.approx(base.task["3d"][0].item() * 1e-4, rel=1e-5)
@@ -173,7 +173,7 @@ def test_rotation_term_uses_the_labels_where_present():
     batch = _batch(2)
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0]))  # 180 degrees from the identity start
     batch.update(rotation=flip.expand(2, 3, 3), has_rotation=torch.tensor([True, False]))
-    result = HandLoss(LossConfig(), crop_size=S)(out, batch)
+    result = HandLoss(LossConfig(weight_rotation=1.0), crop_size=S)(out, batch)
     # One labelled sample: mean over its 9 entries of (I - flip)^2 = 8 / 9, the model starting at I.
     assert result.task["rotation"][0].item() == pytest.approx(8 / 9, abs=0.05)
 
