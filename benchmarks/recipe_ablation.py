@@ -146,7 +146,8 @@ def main(argv=None) -> int:
                "rank corr(var, err)", "minutes"]
     body = (f"Proxy: `cpu` preset (IR9 width 16, 96 px unless stated), loop 0 only, {args.epochs} epochs over "
             f"{args.train_samples} synthetic training images, seed 0, evaluated on {args.test_samples} held-out "
-            f"test images (`stb` viewpoints).\n\n" + markdown_table(headers, lines))
+            f"test images (`stb` viewpoints). Minutes: training and evaluation of the row (the data ready).\n\n"
+            + markdown_table(headers, lines))
     if baseline is not None:
         body += f"\n\nMean-pose baseline on the same test set: 3D EPE {baseline[0]:.1f} mm, 3D AUC {baseline[1]:.3f}.\n"
     if args.only is None:
