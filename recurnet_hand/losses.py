@@ -73,10 +73,12 @@ class LossConfig:
     detach_variance: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("unit_3d_mm", "unit_2d"):
+        for name in ("unit_3d_mm", "unit_2d", "heatmap_sigma"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value}")
+        if not (math.isfinite(self.weight_heatmap) and self.weight_heatmap >= 0):
+            raise ValueError(f"loss.weight_heatmap must be a finite number >= 0, got {self.weight_heatmap}")
 
 
 _IDENTITY = torch.eye(3)

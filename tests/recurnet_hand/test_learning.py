@@ -111,8 +111,8 @@ def test_mirroring_keeps_the_rotation_consistent(augmented):
 
 
 def test_set_epoch_reaches_every_wrapped_dataset(tmp_path, augmented):
-    stb = STBDataset(tmp_path, split="test", crop_size=S, augment=SYNTHETIC_AUGMENT, seed=0) if write_stb(
-        tmp_path, frames=2) is not None else None
+    write_stb(tmp_path, frames=2)
+    stb = STBDataset(tmp_path, split="test", crop_size=S, augment=SYNTHETIC_AUGMENT, seed=0)
     before = stb[0]["joints2d"].clone()
     nested = torch.utils.data.Subset(MirrorToSide(torch.utils.data.ConcatDataset([augmented, stb])), [0, 5])
     assert set_epoch(nested, 3) >= 3
@@ -278,3 +278,10 @@ def test_restarting_from_trained_weights_keeps_the_loss_bounded(tmp_path):
     again = Trainer(net, loss, data, TrainConfig(EndToEnd(epochs=2), batch_size=8, lr=2e-3, progress=False)).fit()
     for row in again.history:
         assert math.isfinite(row["train/epoch_loss"]) and row["train/epoch_loss"] < 3 * abs(last) + 1.0
+
+
+@pytest.mark.parametrize(("field", "value"), [("unit_3d_mm", 0.0), ("unit_2d", -1.0), ("heatmap_sigma", 0.0),
+                                              ("weight_heatmap", -1.0), ("unit_3d_mm", float("nan"))])
+def test_bad_loss_settings_name_the_field(field, value):
+    with pytest.raises(ValueError, match=f"loss.{field}"):
+        LossConfig(**{field: value})
