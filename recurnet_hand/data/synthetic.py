@@ -72,7 +72,8 @@ from rich.text import Text
 from ._io import HandDataError
 from PIL import Image
 
-from ._scene import DEFAULT_VIEWPOINT, GENERATOR_VERSION, VIEWPOINTS, HandRig, render_scene, viewpoint
+from ._scene import DEFAULT_VIEWPOINT, GENERATOR_VERSION, HandRig, Viewpoint, render_scene, viewpoint
+from ._scene import VIEWPOINTS as _VIEWPOINTS
 from .transforms import AugmentConfig, CropBox, HandCrop, crop_hand, sample_augment
 
 __all__ = [
@@ -83,6 +84,11 @@ __all__ = [
     "SyntheticHands",
     "generate_synthetic_hands",
 ]
+
+#: Named viewpoint distributions of the synthetic hands, name -> ``Viewpoint``: ``stb``
+#: (third-person views, the default), ``fpha`` (first-person views) and ``any`` (every
+#: orientation); the ranges are in the module notes above.
+VIEWPOINTS: dict[str, Viewpoint] = _VIEWPOINTS
 
 _FORMAT = "recurnet-hand-synthetic"
 _MANIFEST = "manifest.json"
