@@ -113,7 +113,7 @@ class UncertaintyHead(nn.Module):
         self.hidden = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU())
         self.project = nn.ModuleDict({name: nn.Linear(hidden, math.prod(s)) for name, s in self.shapes.items()})
         for layer in self.project.values():
-            # Start near alpha = 0 (unit variance) so early training is the plain task loss.
+            # Start at alpha = init for every input, so the variance terms start where they are told.
             nn.init.normal_(layer.weight, std=1e-3)
             raw = init if self.bound is None else self.bound * math.atanh(init / self.bound)
             nn.init.constant_(layer.bias, raw)

@@ -79,6 +79,14 @@ class DataConfig:
     viewpoint: str = "stb"
     augment: bool = True
     rotation_deg: float = 30.0
+
+    def __post_init__(self) -> None:
+        from .data.synthetic import VIEWPOINTS
+
+        if self.viewpoint not in VIEWPOINTS:
+            raise ConfigError(f"data.viewpoint must be one of {sorted(VIEWPOINTS)}, got {self.viewpoint!r}")
+        if not (math.isfinite(self.rotation_deg) and 0 <= self.rotation_deg <= 180):
+            raise ConfigError(f"data.rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")
     workers: int = 2
 
 

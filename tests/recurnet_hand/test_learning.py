@@ -285,3 +285,19 @@ def test_restarting_from_trained_weights_keeps_the_loss_bounded(tmp_path):
 def test_bad_loss_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"loss.{field}"):
         LossConfig(**{field: value})
+
+
+@pytest.mark.parametrize(("palm_prob", "expected"), [(1.0, True), (0.0, False)])
+def test_palm_facing_agrees_with_the_rendered_view(renderer, palm_prob, expected):
+    view = _scene.Viewpoint("test", palm_prob=palm_prob, tilt_deg=30.0, roll_deg=60.0)
+    faces = [bool(palm_facing(torch.tensor(s.joints3d)[None])[0]) for s in _scenes(renderer, view, n=12)]
+    assert faces == [expected] * 12
+
+
+def test_bad_data_settings_name_the_key():
+    from recurnet_hand.config import ConfigError, RunConfig, with_overrides
+
+    with pytest.raises(ConfigError, match="data.viewpoint"):
+        with_overrides(RunConfig(), {"data.viewpoint": "side"})
+    with pytest.raises(ConfigError, match="data.rotation_deg"):
+        with_overrides(RunConfig(), {"data.rotation_deg": -5.0})
