@@ -100,6 +100,7 @@ def main(argv=None) -> Path:
             "model.preset": args.preset, "model.max_loops": args.max_loops, "data.train_samples": args.train_samples,
             "data.test_samples": args.test_samples, "data.root": str(cache), "data.workers": args.workers,
             "train.epochs": args.epochs, "train.loop_epochs": args.loop_epochs, "device": str(device),
+            "train.lr_decay": 0.1,  # the paper's progressive protocol; one variant keeps the rate instead
         })
         table_rows, results, cache_runs, protocols = [], {}, {}, {}
         for v in variants(args.max_loops):

@@ -74,6 +74,13 @@ ROWS = [
     ("  variance terms not detached", {**DEFAULT, "loss.detach_variance": False}),
     ("  augmentation without rotation", {**DEFAULT, "data.rotation_deg": 0.0}),
     ("  128 px crops", {**DEFAULT, "model.crop_size": 128}),
+    ("  lr 1e-2", {**DEFAULT, "train.lr": 1e-2}),
+    ("  lr 2e-2", {**DEFAULT, "train.lr": 2e-2}),
+    ("  batch 64", {**DEFAULT, "train.batch_size": 64}),
+    ("  batch 64, lr 1.2e-2", {**DEFAULT, "train.batch_size": 64, "train.lr": 1.2e-2}),
+    ("  heatmap sigma 2 px", {**DEFAULT, "loss.heatmap_sigma": 2.0}),
+    ("  IR9 width 24", {**DEFAULT, "model.width": 24}),
+    ("  MANO pose without PCA (45 angles)", {**DEFAULT, "model.num_pca_comps": 45}),
 ]
 
 

@@ -22,6 +22,8 @@ Three ways to run it (``exit=``):
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
 import timm
@@ -36,7 +38,10 @@ from .output import LoopOutput
 from .policies import POLICIES, ExitPolicy, LoopState, check_decision
 from .split import SplitBackbone, TokenAdapter, split_backbone
 
-__all__ = ["LoopedNet", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES"]
+__all__ = ["LoopedNet", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES", "COST_CACHE_SIZE"]
+
+#: Cost models a :class:`LoopedNet` keeps (one per input shape, loop count and policy).
+COST_CACHE_SIZE = 16
 
 #: How per-iteration norms are made: every norm of the refiner, its first norm only,
 #: an added norm at the refiner entry (the paper's IR9), or none (all norms shared).
@@ -105,7 +110,7 @@ class LoopedNet(nn.Module):
         first = next((m for m in self.extractor.modules() if isinstance(m, nn.Conv2d)), None)
         self._in_chans = first.in_channels if first is not None else 3
         self.min_input_size = 1
-        self._cost_cache: dict[tuple, CostModel] = {}
+        self._cost_cache: OrderedDict[tuple, CostModel] = OrderedDict()
 
     # ------------------------------------------------------------------ policy handling
     @property
@@ -301,18 +306,28 @@ class LoopedNet(nn.Module):
 
         Counting runs a copy of the network in eval mode on one zero image, so the
         network's own statistics are never touched; results are cached per input
-        shape, loop count and policy.
+        shape, loop count and policy (the :data:`COST_CACHE_SIZE` most recently used).
+
+        Raises:
+            Exception: whatever the policy raises on a dummy one-sample state (its cost
+                cannot be counted; it is never recorded as 0).
         """
         last = self.max_loops if loops is None else loops
         key = (tuple(input_shape), last, id(self.policy))
-        if key not in self._cost_cache:
-            self._cost_cache[key] = self._count(tuple(input_shape), last)
-        return self._cost_cache[key]
+        cache = self._cost_cache
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        model = self._count(tuple(input_shape), last)
+        cache[key] = model
+        while len(cache) > COST_CACHE_SIZE:  # the least recently used counts go first
+            cache.popitem(last=False)
+        return model
 
     @torch.compiler.disable
     def _count(self, input_shape: tuple[int, ...], last: int) -> CostModel:
         meta = copy.deepcopy(self).eval()
-        meta.__dict__["_cost_cache"] = {}
+        meta.__dict__["_cost_cache"] = OrderedDict()
         param = next(self.parameters(), None)
         x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",
                         dtype=param.dtype if param is not None else torch.float32)
@@ -324,9 +339,9 @@ class LoopedNet(nn.Module):
             unc_macs, unc = (0, None) if meta.uncertainty is None else count_macs(meta.uncertainty, h)
             fb_macs, _ = count_macs(meta._next_input, feats, meta.refiner(feats))
             meta._index.value = None
-        policy_macs = self._count_policy(preds, unc)
         refiner_params = count_params(self.refiner)
-        return CostModel(
+        policy_params = count_params(self.policy) if isinstance(self.policy, nn.Module) else 0
+        model = CostModel(
             input_shape=input_shape,
             max_loops=last,
             extractor=ComponentCost(count_params(self.extractor), ext_macs),
@@ -334,11 +349,13 @@ class LoopedNet(nn.Module):
             feedback=ComponentCost(count_params(self.feedback), fb_macs),
             heads=ComponentCost(count_params(self.heads), head_macs),
             uncertainty=ComponentCost(count_params(self.uncertainty), unc_macs),
-            policy=ComponentCost(count_params(self.policy) if isinstance(self.policy, nn.Module) else 0, policy_macs),
+            policy=ComponentCost(policy_params, 0),
         )
+        # A policy that reads the cost model sees the model without its own (tiny) share.
+        return dataclasses.replace(model, policy=ComponentCost(policy_params, self._count_policy(preds, unc, model)))
 
-    def _count_policy(self, preds, unc) -> int:
-        """Multiply-adds of one decision for one sample; policies that cannot run on a dummy state count 0."""
+    def _count_policy(self, preds, unc, cost: CostModel) -> int:
+        """Multiply-adds of one decision for one sample, counted on a dummy loop state."""
         if self.policy is None:
             return 0
         device = next(self.parameters()).device
@@ -350,14 +367,18 @@ class LoopedNet(nn.Module):
             None if unc is None else torch.zeros(unc.features.shape, device=device),
             torch.zeros(1, dtype=torch.long, device=device),
             1,
-            None,
+            cost,
             torch.Generator().manual_seed(0),
         )
         try:
             with torch.no_grad():
                 macs, _ = count_macs(self.policy, state)
-        except (ValueError, TypeError, RuntimeError):
-            return 0
+        except Exception as err:  # never a silent 0: the policy's own error, with where it happened
+            if hasattr(err, "add_note"):  # Python >= 3.11
+                err.add_note(f"(raised while counting the cost of exit policy {type(self.policy).__name__} on a "
+                             "dummy one-sample LoopState; a policy must accept any LoopState, or call the network "
+                             "with count_cost=False)")
+            raise
         return macs
 
 

@@ -13,6 +13,7 @@ copies of the original module.
 from __future__ import annotations
 
 import copy
+import threading
 
 import torch
 from torch import nn
@@ -28,18 +29,26 @@ NORM_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-class IterationIndex:
+class IterationIndex(threading.local):
     """The iteration the refiner is running, shared by all :class:`PerIterationNorm` of one network.
 
     It is set by :class:`recurnet.LoopedNet` right before each refiner pass and
     reset to ``None`` when the forward call ends, so a stale value never leaks
     into the next call and a refiner called outside the loop fails clearly.
-    """
 
-    __slots__ = ("value",)
+    The value is per thread (a :class:`threading.local`): several threads may run one
+    network at once, each seeing only its own iteration. A deep copy or an unpickled
+    copy of a network gets a fresh index, shared by the copy's norms alone.
+    """
 
     def __init__(self) -> None:
         self.value: int | None = None
+
+    def __deepcopy__(self, memo) -> IterationIndex:
+        return IterationIndex()
+
+    def __reduce__(self):
+        return (IterationIndex, ())
 
 
 class PerIterationNorm(nn.Module):

@@ -43,11 +43,14 @@ __all__ = [
     "LoopSummary",
     "loop_summaries",
     "loop_summaries_to_markdown",
+    "mesh_summaries",
+    "mesh_summaries_to_markdown",
     "predicted_sigma_mm",
 ]
 
 #: 3D PCK threshold ranges (mm) of the papers' AUC per dataset.
-AUC_RANGES_3D: dict[str, tuple[float, float]] = {"stb": (20.0, 50.0), "fpha": (0.0, 50.0), "synthetic": (0.0, 50.0)}
+AUC_RANGES_3D: dict[str, tuple[float, float]] = {"stb": (20.0, 50.0), "fpha": (0.0, 50.0), "synthetic": (0.0, 50.0),
+                                                 "freihand": (0.0, 50.0)}
 
 
 def eval_configs(dataset: str, crop_size: int, range_3d: tuple[float, float] | None = None
@@ -70,6 +73,8 @@ class Collected:
         has_2d: ``(N,)`` bool. has_3d: ``(N,)`` bool.
         images: the first few images ``(n, 3, S, S)`` (for figures).
         cost: the network's cost model for this input size.
+        gt_vertices: ``(N, 778, 3)`` mm, relative to the true wrist, when collected with
+            ``vertices=True`` (the iterations then hold predicted ``vertices`` too).
     """
 
     output: LoopOutput
@@ -79,6 +84,7 @@ class Collected:
     has_3d: torch.Tensor
     images: torch.Tensor
     cost: recurnet.CostModel
+    gt_vertices: torch.Tensor | None = None
 
     def predictions(self, name: str) -> torch.Tensor:
         """``(L + 1, N, ...)`` predictions of output ``name`` at every iteration."""
@@ -90,7 +96,8 @@ _KEEP = ("joints2d", "joints3d")
 
 @torch.no_grad()
 def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor]], *, device: str | torch.device = "cpu",
-            keep_images: int = 12, progress: bool = True, total: int | None = None) -> Collected:
+            keep_images: int = 12, progress: bool = True, total: int | None = None,
+            vertices: bool = False) -> Collected:
     """Run ``net`` in eval mode with every sample through every iteration and gather outputs and labels.
 
     Args:
@@ -100,19 +107,29 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
         keep_images: how many images to keep for figures.
         progress: show a progress bar.
         total: number of batches, for the progress bar.
+        vertices: also predict and keep the MANO mesh (:func:`recurnet_hand.model.mesh_outputs`)
+            and the samples' true ``vertices`` (which the data must then provide).
     """
+    from .model import mesh_outputs
+
     was_training = net.training
     net.eval()
-    parts, gt2d, gt3d, has2d, has3d, images = [], [], [], [], [], []
+    parts, gt2d, gt3d, has2d, has3d, images, gt_verts = [], [], [], [], [], [], []
+    keep = _KEEP + (("vertices",) if vertices else ())
     cost = None
     try:
-        with Progress(transient=True, disable=not progress) as bar:
+        with Progress(transient=True, disable=not progress) as bar, mesh_outputs(net, vertices):
             task = bar.add_task("evaluating", total=total)
             for batch in batches:
+                if vertices and "vertices" not in batch:
+                    raise ValueError("collect(vertices=True) needs samples with true 'vertices' (e.g. FreiHAND "
+                                     "with vertices=True)")
                 x = batch["image"].to(device)
                 out = net(x, exit="all", count_cost=False)
                 cost = cost or net.cost_model(tuple(x.shape[1:]))
-                iterations = [{k: v.float().cpu() for k, v in it.items() if k in _KEEP} for it in out.iterations]
+                iterations = [{k: v.float().cpu() for k, v in it.items() if k in keep} for it in out.iterations]
+                if vertices:
+                    gt_verts.append((batch["vertices"] - batch["joints3d"][:, :1]).float())
                 log_var = [{k: v.float().cpu() for k, v in lv.items()} for lv in out.log_variance]
                 features = [None if f is None else f.float().cpu() for f in out.features]
                 parts.append(LoopOutput(iterations, log_var, features, out.exit_step.cpu(), out.ran.cpu()))
@@ -129,7 +146,7 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
     if not parts:
         raise ValueError("evaluation data is empty")
     return Collected(LoopOutput.concat(parts), torch.cat(gt2d), torch.cat(gt3d), torch.cat(has2d), torch.cat(has3d),
-                     torch.cat(images), cost)
+                     torch.cat(images), cost, torch.cat(gt_verts) if vertices else None)
 
 
 @dataclass(frozen=True)
@@ -143,6 +160,8 @@ class EvalRow:
         mean_gmacs: mean multiply-adds per image, in G (the paper's "GFLOPs").
         epe2d: mean 2D end-point error, px. epe3d: mean root-relative 3D error, mm.
         auc2d: 2D PCK AUC. auc3d: 3D PCK AUC over the dataset's range.
+        pa_mpjpe: mean 3D joint error after per-sample Procrustes alignment (scale, rotation,
+            translation; :func:`recurnet_hand.procrustes.pa_mpjpe`), mm.
     """
 
     policy: str
@@ -153,6 +172,18 @@ class EvalRow:
     epe3d: float
     auc2d: float
     auc3d: float
+    pa_mpjpe: float = float("nan")
+
+
+def _at_exit(stacked: torch.Tensor, exit_step: torch.Tensor) -> torch.Tensor:
+    """``(N, ...)``: each sample's entry of ``(L + 1, N, ...)`` at its exit step."""
+    return stacked[exit_step.long(), torch.arange(stacked.shape[1])]
+
+
+def _pa_mpjpe(pred3d: torch.Tensor, gt3d: torch.Tensor) -> float:
+    from .procrustes import pa_mpjpe
+
+    return pa_mpjpe(pred3d.double().numpy(), gt3d.double().numpy()) if len(gt3d) else float("nan")
 
 
 def _row(policy, setting, col: Collected, exit_step, cfg2d, cfg3d) -> EvalRow:
@@ -160,8 +191,10 @@ def _row(policy, setting, col: Collected, exit_step, cfg2d, cfg3d) -> EvalRow:
     m2 = evaluate_loops(preds2d, col.gt2d, exit_step, col.has_2d, cfg2d).at_exit
     m3 = evaluate_loops(preds3d, col.gt3d, exit_step, col.has_3d, cfg3d).at_exit if col.has_3d.any() else None
     macs = col.cost.macs_per_sample(exit_step)
+    has = col.has_3d
+    pa = _pa_mpjpe(_at_exit(preds3d, exit_step)[has], col.gt3d[has])
     return EvalRow(policy, setting, float(exit_step.double().mean()), float(macs.mean()) / 1e9, m2.epe_mean,
-                   m3.epe_mean if m3 else float("nan"), m2.auc, m3.auc if m3 else float("nan"))
+                   m3.epe_mean if m3 else float("nan"), m2.auc, m3.auc if m3 else float("nan"), pa)
 
 
 def variance_thresholds(col: Collected, count: int = 6, outputs=("joints3d",)) -> list[float]:
@@ -199,6 +232,7 @@ def evaluate_policies(col: Collected, policies: Mapping[str, Mapping[str, recurn
 _HEADERS = {
     "policy": "policy", "setting": "setting", "mean_loops": "mean loops", "mean_gmacs": "mean GMACs",
     "epe2d": "2D EPE (px)", "epe3d": "3D EPE (mm)", "auc2d": "2D AUC", "auc3d": "3D AUC",
+    "pa_mpjpe": "PA-MPJPE (mm)",
 }
 
 
@@ -279,6 +313,7 @@ class LoopSummary:
         variance_rank_corr: Spearman rank correlation between a sample's mean predicted 3D
             variance and its actual mean 3D error (1: the variance orders samples by error).
         sigma_mm: mean predicted per-joint 3D error scale (mm, see :func:`predicted_sigma_mm`).
+        pa_mpjpe: mean 3D joint error after per-sample Procrustes alignment (mm).
     """
 
     loop: int
@@ -289,6 +324,7 @@ class LoopSummary:
     palm_accuracy: float
     variance_rank_corr: float
     sigma_mm: float
+    pa_mpjpe: float = float("nan")
 
 
 def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -313,15 +349,40 @@ def loop_summaries(col: Collected, cfg2d: EvalConfig, cfg3d: EvalConfig, *, unit
         palm = (palm_facing(pred, is_right) == palm_facing(gt, is_right)).double().mean()
         out.append(LoopSummary(l, m3d.per_loop[l].epe_mean, m3d.per_loop[l].auc, m2d.per_loop[l].epe_mean,
                                m2d.per_loop[l].epe_mean / crop_size, float(palm),
-                               _spearman(sigma.square().mean(dim=1), err), float(sigma.mean())))
+                               _spearman(sigma.square().mean(dim=1), err), float(sigma.mean()),
+                               _pa_mpjpe(pred, gt)))
     return out
 
 
 def loop_summaries_to_markdown(rows: Iterable[LoopSummary]) -> str:
     """A markdown table of :class:`LoopSummary` rows."""
-    lines = ["| loop | 3D EPE (mm) | 3D AUC | 2D EPE (px) | 2D EPE (% crop) | palm/back right | "
-             "rank corr(var, err) | mean sigma (mm) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| loop | 3D EPE (mm) | 3D AUC | PA-MPJPE (mm) | 2D EPE (px) | 2D EPE (% crop) | palm/back right | "
+             "rank corr(var, err) | mean sigma (mm) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.loop} | {r.epe3d:.2f} | {r.auc3d:.3f} | {r.epe2d:.2f} | {100 * r.epe2d_crop:.1f} | "
-                     f"{100 * r.palm_accuracy:.1f}% | {r.variance_rank_corr:.3f} | {r.sigma_mm:.1f} |")
+        lines.append(f"| {r.loop} | {r.epe3d:.2f} | {r.auc3d:.3f} | {r.pa_mpjpe:.2f} | {r.epe2d:.2f} | "
+                     f"{100 * r.epe2d_crop:.1f} | {100 * r.palm_accuracy:.1f}% | {r.variance_rank_corr:.3f} | "
+                     f"{r.sigma_mm:.1f} |")
+    return "\n".join(lines)
+
+
+def mesh_summaries(col: Collected) -> list:
+    """FreiHAND's measures per loop (:class:`recurnet_hand.procrustes.FreiHANDMetrics`), from a
+    pass collected with ``vertices=True``."""
+    from .procrustes import freihand_metrics
+
+    if col.gt_vertices is None:
+        raise ValueError("mesh_summaries needs a pass collected with vertices=True")
+    has = col.has_3d
+    gt_j, gt_v = col.gt3d[has].double().numpy(), col.gt_vertices[has].double().numpy()
+    return [freihand_metrics(it["joints3d"][has].double().numpy(), gt_j, it["vertices"][has].double().numpy(), gt_v)
+            for it in col.output.iterations]
+
+
+def mesh_summaries_to_markdown(rows) -> str:
+    """A markdown table of :func:`mesh_summaries` (one row per loop)."""
+    lines = ["| loop | PA-MPJPE (mm) | PA-MPVPE (mm) | F@5 mm | F@15 mm | AUC joints | AUC vertices |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for l, m in enumerate(rows):
+        lines.append(f"| {l} | {m.pa_mpjpe:.2f} | {m.pa_mpvpe:.2f} | {m.f_5:.3f} | {m.f_15:.3f} | "
+                     f"{m.auc_joints:.3f} | {m.auc_vertices:.3f} |")
     return "\n".join(lines)

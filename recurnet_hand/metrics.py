@@ -11,6 +11,8 @@ Conventions follow Zimmermann & Brox's ``EvalUtil`` (the usual STB/RHD protocol)
 * thresholds are ``linspace(lo, hi, steps)``; the AUC is the trapezoid area under the
   PCK curve divided by ``hi - lo``, so a perfect model scores 1.
 
+Procrustes-aligned errors and the FreiHAND protocol are in :mod:`recurnet_hand.procrustes`.
+
 For looped models, ``preds[l]`` is the prediction after ``l`` refinement loops
 (``l = 0`` the first estimate, before any loop), and a sample's exit step is the ``l``
 whose prediction it returns, so its number of loops is its exit step.

@@ -21,9 +21,10 @@ root-relative 3D joints directly and projects them the same way.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -48,6 +49,7 @@ __all__ = [
     "HeatmapHead",
     "ImageNormalize",
     "build_dirnet",
+    "mesh_outputs",
     "HEADS",
 ]
 
@@ -107,12 +109,15 @@ class DIRNetConfig:
         return asdict(self)
 
 
-#: Named configurations. ``stb`` and ``fpha`` are the paper's models. ``cpu`` is the FPHA
-#: model on 96 px crops with 3 loops, sized to train on a laptop CPU in minutes (the
-#: default of ``recurnet-hand train``); ``tiny`` is a very small variant for tests and demos.
+#: Named configurations. ``stb`` and ``fpha`` are the paper's models. ``freihand`` is the
+#: STB model for FreiHAND's 224 px images, posing MANO with all 45 joint angles (FreiHAND's
+#: own MANO fits are full-pose, and its meshes are scored). ``cpu`` is the FPHA model on
+#: 96 px crops with 3 loops, sized to train on a laptop CPU in minutes (the default of
+#: ``recurnet-hand train``); ``tiny`` is a very small variant for tests and demos.
 PRESETS: dict[str, DIRNetConfig] = {
     "stb": DIRNetConfig(name="stb", width=32, fc=512),
     "fpha": DIRNetConfig(name="fpha", width=16, fc=256),
+    "freihand": DIRNetConfig(name="freihand", width=32, fc=512, num_pca_comps=45),
     "cpu": DIRNetConfig(name="cpu", width=16, fc=256, max_loops=3, crop_size=96),
     "tiny": DIRNetConfig(name="tiny", width=8, fc=64, max_loops=3, crop_size=96, uncertainty_hidden=32),
 }
@@ -171,7 +176,14 @@ class ManoPoseHead(nn.Module):
     Returns (forward): a dict with
         ``joints3d`` ``(B, 21, 3)`` mm, root-relative, camera orientation;
         ``joints2d`` ``(B, 21, 2)`` crop px; ``pose`` ``(B, P)``; ``shape`` ``(B, 10)``;
-        ``rotation`` ``(B, 3, 3)``; ``scale`` ``(B,)`` px/mm; ``translation`` ``(B, 2)`` px.
+        ``rotation`` ``(B, 3, 3)``; ``scale`` ``(B,)`` px/mm; ``translation`` ``(B, 2)`` px;
+        and, when :attr:`vertices` is set (see :func:`mesh_outputs`), ``vertices``
+        ``(B, 778, 3)`` mm in the same root-relative camera frame as ``joints3d``.
+
+    Attributes:
+        vertices: also pose the whole mesh. Off by default: the joints-only path of
+            :meth:`ManoLayer.joints` skins 21 points instead of 778, which is what
+            training and timing want.
     """
 
     def __init__(self, in_features: int, hidden: int, mano: ManoLayer, crop_size: int):
@@ -183,12 +195,20 @@ class ManoPoseHead(nn.Module):
         nn.init.zeros_(self.fc[-1].bias)
         self.camera = _Camera(crop_size)
         self.register_buffer("identity_6d", torch.tensor(_IDENTITY_6D), persistent=False)
+        self.vertices = False
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.fc(pooled)
         pose, shape, rot6d, trans, raw_scale = torch.split(p, [self.num_pose, 10, 6, 2, 1], dim=1)
         rotation = rotation_6d_to_matrix(rot6d + self.identity_6d)
-        hand = self.mano.joints(torch.zeros_like(p[:, :3]), pose, shape)
+        orient = torch.zeros_like(p[:, :3])
+        extra = {}
+        if self.vertices:
+            mesh = self.mano(orient, pose, shape)
+            hand, root = mesh.joints, mesh.joints[:, :1]
+            extra["vertices"] = ((mesh.vertices - root) * 1000.0) @ rotation.transpose(1, 2)
+        else:
+            hand = self.mano.joints(orient, pose, shape)
         joints = (hand - hand[:, :1]) * 1000.0  # root-relative, millimetres
         joints3d = joints @ rotation.transpose(1, 2)
         scale, translation = self.camera(raw_scale.squeeze(1), trans)
@@ -201,6 +221,7 @@ class ManoPoseHead(nn.Module):
             "rotation": rotation,
             "scale": scale,
             "translation": translation,
+            **extra,
         }
 
 
@@ -257,6 +278,40 @@ class HeatmapHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
+
+
+@contextlib.contextmanager
+def mesh_outputs(net: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, every :class:`ManoPoseHead` of ``net`` also returns ``vertices``.
+
+    The mesh costs a full MANO skinning per iteration, so it is off outside such a block;
+    the joints are the same either way (to float rounding).
+
+    Args:
+        net: a DIR-Net (or any module holding MANO heads).
+        enabled: the setting inside the block.
+
+    Raises:
+        ValueError: ``enabled`` but ``net`` has no MANO head (the ``direct`` head has no mesh).
+
+    Examples:
+        >>> net = build_dirnet(preset("tiny", max_loops=0)).eval()
+        >>> with mesh_outputs(net), torch.no_grad():
+        ...     out = net(torch.rand(1, 3, 96, 96))
+        >>> out.final["vertices"].shape
+        torch.Size([1, 778, 3])
+    """
+    heads = [m for m in net.modules() if isinstance(m, ManoPoseHead)]
+    if enabled and not heads:
+        raise ValueError("mesh_outputs: the network has no MANO head (model.head 'direct' predicts joints only)")
+    before = [h.vertices for h in heads]
+    for h in heads:
+        h.vertices = bool(enabled)
+    try:
+        yield net
+    finally:
+        for h, b in zip(heads, before):
+            h.vertices = b
 
 
 def _mano_layer(config: DIRNetConfig) -> ManoLayer:

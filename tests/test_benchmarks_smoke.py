@@ -140,6 +140,32 @@ def test_loop_overhead_quick(bench, tmp_path):
     assert text.count("bitwise") == 2
 
 
+def test_loop_overhead_train_quick(bench, tmp_path):
+    rows = bench("bench_loop_overhead").main(_quick(tmp_path) + ["--train"])
+    assert all(r["equal"] for r in rows)  # train mode: the same batch statistics, the same outputs
+    assert "Training step" in _read(tmp_path, "loop_overhead_train")
+
+
+def test_latency_quick(bench, tmp_path):
+    try:
+        rows = bench("bench_latency").main(_quick(tmp_path))
+    finally:
+        torch._dynamo.reset()
+    names = [r["name"] for r in rows]
+    assert "DIR-Net `tiny`, exit after loop 3" in names and any("variance policy" in n for n in names)
+    assert any("compiled" in n for n in names) and names[-1] == "timm test_resnet, compiled"
+    for r in rows:
+        assert r["p50"] <= r["p90"] <= r["p99"] and r["rate"] > 0
+    assert bench("bench_latency").percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert "p99 ms" in _read(tmp_path, "latency")
+
+
+def test_freihand_models_lists_sources(bench, tmp_path):
+    assert bench("freihand_models").main(["--threads", "1", "--results-dir", str(tmp_path)]) == 0
+    text = _read(tmp_path, "freihand_models")
+    assert "arXiv:2112.02753" in text and "DIR-Net `freihand`" in text and "not measured" in text
+
+
 def test_throughput_quick(bench, tmp_path):
     try:
         rows = bench("bench_throughput").main(_quick(tmp_path))
@@ -257,3 +283,16 @@ def test_recipe_ablation_reuse_needs_a_runs_folder(bench, capsys):
     with pytest.raises(SystemExit):
         bench("recipe_ablation").main(["--quick", "--reuse"])
     assert "--reuse needs --out" in capsys.readouterr().err
+
+
+def test_default_run_rewrites_only_the_readme_block(bench, tmp_path):
+    module = bench("default_run")
+    assert module.BEGIN in module.README.read_text()  # the repository's README carries the markers
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{module.BEGIN}\nold numbers\n{module.END}\nrest\n")
+    module.update_readme("On 2 CPU cores the default run took 9 minutes.", readme)
+    assert readme.read_text() == (f"intro\n{module.BEGIN}\nOn 2 CPU cores the default run took 9 minutes.\n"
+                                  f"{module.END}\nrest\n")
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no default-run markers"):
+        module.update_readme("x", readme)

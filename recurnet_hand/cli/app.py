@@ -49,8 +49,8 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 
 
 # ---------------------------------------------------------------- shared options
-Preset = Annotated[Optional[str], typer.Option(help="Model preset: stb, fpha, cpu (default for train), tiny.")]
-Dataset = Annotated[Optional[str], typer.Option(help="Dataset: synthetic (default), stb or fpha.")]
+Preset = Annotated[Optional[str], typer.Option(help="Model preset: stb, fpha, freihand, cpu (default for train), tiny.")]
+Dataset = Annotated[Optional[str], typer.Option(help="Dataset: synthetic (default), stb, fpha or freihand.")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Data root of a real dataset; synthetic: cache folder.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
 OutDir = Annotated[Optional[Path], typer.Option(help="Output folder.")]
@@ -59,12 +59,13 @@ OutDir = Annotated[Optional[Path], typer.Option(help="Output folder.")]
 def _table(title: str, rows) -> Table:
     # Short headers and light borders keep every value whole in an 80-column log.
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-                  caption="loops, GMACs: means per image; EPE: 2D in crop px, 3D in mm (root-relative)")
-    for col in ("policy", "setting", "loops", "GMACs", "2D EPE", "3D EPE", "2D AUC", "3D AUC"):
+                  caption="loops, GMACs: means per image; EPE: 2D in crop px, 3D in mm (root-relative); "
+                          "PA: 3D after Procrustes alignment")
+    for col in ("policy", "setting", "loops", "GMACs", "2D EPE", "3D EPE", "PA", "2D AUC", "3D AUC"):
         table.add_column(col, justify="right" if col not in ("policy", "setting") else "left", no_wrap=True)
     for r in rows:
         table.add_row(r.policy, r.setting, f"{r.mean_loops:.2f}", f"{r.mean_gmacs:.4f}", f"{r.epe2d:.2f}",
-                      f"{r.epe3d:.2f}", f"{r.auc2d:.3f}", f"{r.auc3d:.3f}")
+                      f"{r.epe3d:.2f}", f"{r.pa_mpjpe:.2f}", f"{r.auc2d:.3f}", f"{r.auc3d:.3f}")
     return table
 
 
@@ -161,7 +162,12 @@ def evaluate(
                           preset=preset, out_dir=out_dir or model.parent, temperatures=temperature, auc_range=rng,
                           device=device or "cpu")
     _console.print(_table(f"{model}", rows))
-    _console.print(f"wrote eval.md, eval.csv and eval_tradeoff.png to {out_dir or model.parent}")
+    mesh = Path(out_dir or model.parent) / "eval_mesh.md"
+    if (dataset or "") == "freihand" and mesh.is_file():
+        _console.print(mesh.read_text(), markup=False)
+        _console.print(f"wrote eval.md, eval.csv, eval_mesh.md and eval_tradeoff.png to {out_dir or model.parent}")
+    else:
+        _console.print(f"wrote eval.md, eval.csv and eval_tradeoff.png to {out_dir or model.parent}")
 
 
 @app.command()
@@ -170,15 +176,27 @@ def predict(
     model: Annotated[Path, typer.Argument(help="A run's model.pt.")],
     images: Annotated[list[Path], typer.Argument(help="Hand images (crops) or folders of them.")],
     out_dir: Annotated[Path, typer.Option(help="Output folder.")] = Path("predictions"),
+    box: Annotated[Optional[str], typer.Option(
+        help="Hand box 'x,y,w,h' (px) in every image; default: each image is one hand crop.")] = None,
+    boxes: Annotated[Optional[Path], typer.Option(
+        help='JSON of boxes per image: {"name.jpg": [x, y, w, h] or [[x, y, w, h], ...]}.')] = None,
+    margin: Annotated[float, typer.Option(help="Crop side over the box's longer side.")] = 1.4,
+    meshes: Annotated[bool, typer.Option(help="Write each hand's MANO mesh as .obj (MANO models).")] = True,
     device: Device = None,
 ) -> None:
-    """Predict 2D/3D joints with uncertainty; write predictions.json and overlay PNGs."""
-    from recurnet_hand.inference import predict_images
+    """Predict 2D/3D joints with uncertainty (and the hand mesh); write predictions.json, overlays and .obj files."""
+    from recurnet_hand.inference import parse_box, predict_images, read_boxes
 
-    results = predict_images(model, images, out_dir, device=device or "cpu")
+    if box is not None and boxes is not None:
+        raise ValueError("give --box or --boxes, not both")
+    chosen = parse_box(box) if box is not None else read_boxes(boxes) if boxes is not None else None
+    results = predict_images(model, images, out_dir, device=device or "cpu", boxes=chosen, margin=margin,
+                             meshes=meshes)
     for r in results:
-        _console.print(f"{r.file}: {r.exit_step} loops, {r.gmacs:.4f} GMACs, "
-                       f"mean 3D sigma {sum(r.sigma3d) / len(r.sigma3d):.1f} mm")
+        hand = f" hand {r.hand}" if r.box is not None else ""
+        mesh = f", mesh {Path(r.mesh).name}" if r.mesh else ""
+        _console.print(f"{r.file}{hand}: {r.exit_step} loops, {r.gmacs:.4f} GMACs, "
+                       f"mean 3D sigma {sum(r.sigma3d) / len(r.sigma3d):.1f} mm{mesh}")
     _console.print(f"wrote {out_dir / 'predictions.json'}")
 
 

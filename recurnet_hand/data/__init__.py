@@ -1,4 +1,4 @@
-"""Hand-pose datasets (synthetic rendered hands, STB, FPHA, CMU Panoptic), crops and augmentation.
+"""Hand-pose datasets (synthetic rendered hands, STB, FPHA, FreiHAND, CMU Panoptic), crops and augmentation.
 
 Every dataset returns the same sample dict (``image, joints2d, joints3d, K, has_2d,
 has_3d, is_right, index``; see :class:`~.transforms.HandCrop.to_sample`) with joints
@@ -7,6 +7,7 @@ in the project order of :mod:`recurnet_hand.joints`.
 
 from ._io import HandDataError, HandDataWarning
 from .fpha import FPHADataset
+from .freihand import FreiHANDDataset
 from .panoptic import PanopticDataset
 from .stb import STBDataset
 from .synthetic import CacheMismatchError, SyntheticCacheError, SyntheticHands, generate_synthetic_hands
@@ -15,6 +16,7 @@ from .transforms import AugmentConfig, HandCrop, HandTransform
 __all__ = [
     "AugmentConfig",
     "FPHADataset",
+    "FreiHANDDataset",
     "HandCrop",
     "HandDataError",
     "HandDataWarning",

@@ -2,8 +2,8 @@
 
 :data:`DATASETS` maps a name to a builder ``builder(spec, split) -> Dataset``;
 :func:`build_dataset` reads a :class:`DatasetSpec`. Built-in names:
-``synthetic`` (rendered hands, the offline default), ``stb``, ``fpha`` and
-``panoptic`` (2D only, mixed into STB training as in the paper).
+``synthetic`` (rendered hands, the offline default), ``stb``, ``fpha``,
+``freihand`` and ``panoptic`` (2D only, mixed into STB training as in the paper).
 
 The model's MANO layer has one handedness, so :class:`MirrorToSide` mirrors
 every sample of the other hand (image, labels and camera) to that side.
@@ -21,6 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from recurnet.registry import Registry
 
 from .fpha import FPHADataset
+from .freihand import FreiHANDDataset
 from .panoptic import PanopticDataset
 from .stb import STBDataset
 from .synthetic import SyntheticHands
@@ -56,6 +57,7 @@ class DatasetSpec:
             (:data:`recurnet_hand.data.synthetic.VIEWPOINTS`).
         rotation_deg: largest in-plane rotation of the training augmentation (degrees);
             None keeps the default of :data:`TRAIN_AUGMENT` / :data:`SYNTHETIC_AUGMENT`.
+        vertices: ``freihand`` only: samples also carry the true mesh ``vertices`` (778 x 3, mm).
     """
 
     name: str = "synthetic"
@@ -68,6 +70,7 @@ class DatasetSpec:
     progress: bool = True
     viewpoint: str = "stb"
     rotation_deg: float | None = None
+    vertices: bool = False
 
 
 #: name -> ``builder(spec, split)``.
@@ -123,6 +126,15 @@ def _fpha(spec: DatasetSpec, split: str) -> Dataset:
                        seed=spec.seed)
 
 
+@register_dataset("freihand")
+def _freihand(spec: DatasetSpec, split: str) -> Dataset:
+    # As published methods do: train on every training sample in all four image versions and
+    # test on the official evaluation set (FreiHAND's own "train"/"test" cut is for held-out checks).
+    name = {"train": "all", "test": "evaluation"}.get(split, split)
+    return FreiHANDDataset(_root(spec), split=name, crop_size=spec.crop_size, augment=_augment(spec, split),
+                           seed=spec.seed, vertices=spec.vertices)
+
+
 @register_dataset("panoptic")
 def _panoptic(spec: DatasetSpec, split: str) -> Dataset:
     return PanopticDataset(_root(spec), split=split, crop_size=spec.crop_size, augment=_augment(spec, split),
@@ -150,7 +162,8 @@ def build_dataset(spec: DatasetSpec, split: str, *, side: str | None = "right", 
 
 
 def mirror_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Mirror one sample horizontally: image, 2D (``x -> S - 1 - x``), 3D (``X -> -X``), ``K`` and handedness.
+    """Mirror one sample horizontally: image, 2D (``x -> S - 1 - x``), 3D (``X -> -X``, joints and any
+    ``vertices``), ``K``, the hand ``rotation``, any ``mano_pose`` and handedness.
 
     The projection stays consistent: ``K' X' / Z' == joints2d'``.
     """
@@ -167,6 +180,11 @@ def mirror_sample(sample: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out["is_right"] = ~sample["is_right"]
     if "rotation" in sample:  # the mirrored hand model: R -> M R M
         out["rotation"] = mirror @ sample["rotation"] @ mirror
+    if "vertices" in sample:
+        out["vertices"] = sample["vertices"] @ mirror.to(sample["vertices"].dtype)
+    if "mano_pose" in sample:  # a mirrored axis-angle rotation: (x, y, z) -> (x, -y, -z)
+        out["mano_pose"] = sample["mano_pose"] * sample["mano_pose"].new_tensor([1.0, -1.0, -1.0]).repeat(
+            sample["mano_pose"].shape[-1] // 3)
     return out
 
 
@@ -192,6 +210,14 @@ class MirrorToSide(Dataset):
         if bool(sample["is_right"]) != (self.side == "right"):
             sample = mirror_sample(sample)
         return sample
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """A batch of samples, fetched in one call where the wrapped dataset can (see
+        :meth:`SyntheticHands.__getitems__`)."""
+        fetch = getattr(self.dataset, "__getitems__", None)
+        samples = fetch(list(indices)) if callable(fetch) else [self.dataset[i] for i in indices]
+        right = self.side == "right"
+        return [s if bool(s["is_right"]) == right else mirror_sample(s) for s in samples]
 
     def set_epoch(self, epoch: int) -> None:
         """Forward the epoch to datasets that draw augmentation per epoch."""
