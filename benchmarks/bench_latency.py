@@ -15,6 +15,7 @@ this times, at batch 1 in eval mode under ``torch.inference_mode()``:
   distinct frames: the steady per-frame latency a tracker sees, with the policy,
   heads and bookkeeping included (``count_cost=False``; the cost model is counted once
   beforehand and cached);
+- the fixed-loop network in channels-last memory format (input and weights);
 - the fixed-loop network compiled with ``torch.compile`` (unless ``--no-compile``),
   with the number of graphs dynamo produced (1 = no graph breaks);
 - timm ``resnet18`` and ``mobilenetv3_small_100`` in the same rounds.
@@ -29,6 +30,7 @@ variant's GMAC/s as a fraction of resnet18's (the issue's targets: ``stb`` >= 0.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -89,6 +91,10 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
     label = f"DIR-Net `{name}`"
     out = [_Variant(f"{label}, exit after loop {l}", (lambda l=l: net(x, loops=l, exit="all", count_cost=False)),
                     cost.macs_until(l)) for l in range(net.max_loops + 1)]
+    last = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    out.append(_Variant(f"{label}, all {net.max_loops} loops, channels-last",
+                        lambda: last(x_last, exit="all", count_cost=False), cost.macs_until(net.max_loops)))
     dynamic = build_dirnet(preset(name)).eval()
     dynamic.load_state_dict(net.state_dict())
     dynamic.policy = recurnet.VarianceThreshold(tau, outputs=["joints3d"])

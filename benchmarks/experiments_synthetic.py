@@ -125,8 +125,9 @@ def main(argv=None) -> Path:
                "3D EPE mm", "2D EPE px", "mean-pose AUC", "train min"]
     body = "\n".join([
         f"Synthetic hands at {base.model.crop_size} px: {args.train_samples} training and {args.test_samples} test "
-        f"images; progressive training (unless marked end-to-end, which trains the same total number of "
-        f"epochs), {args.epochs} epochs for loop 0 and {args.loop_epochs} per later loop, max_loops="
+        f"images; progressive training as in the paper, the learning rate divided by 10 per phase (unless "
+        f"marked: end-to-end trains the same total number of epochs; 'without lr decay' keeps the rate, "
+        f"as `recurnet-hand train` does by default), {args.epochs} epochs for loop 0 and {args.loop_epochs} per later loop, max_loops="
         f"{args.max_loops}, preset `{args.preset}`, one seed. Rows without a gate report the last loop; "
         "'3D AUC per loop' lists the AUC after loops 0, 1, ... of the same network. "
         "'mean-pose AUC' is the AUC of always predicting the training set's mean root-relative pose. GMACs are "

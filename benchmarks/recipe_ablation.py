@@ -17,12 +17,15 @@ gradients, no rotation supervision, no augmentation):
    (at the ``cpu`` preset's 96 px crops);
 7. and single changes of that recipe (indented rows): the rotation loss (a squared
    error of the global rotation matrix, which the synthetic data know), variance terms
-   that re-weight the task gradients, augmentation without rotation, 128 px crops.
+   that re-weight the task gradients, augmentation without rotation, 128 px crops,
+   higher learning rates, batch 64 (with and without a scaled rate), wider heatmap
+   targets, a wider IR9 (width 24) and the full 45-angle MANO pose instead of 30 PCA
+   components.
 
 The mean-pose baseline on the same test set is printed beside every row. The
 table goes to ``benchmarks/results/recipe_ablation.md``.
 
-Run (about 25 minutes on 2 cores)::
+Run (about 30 minutes on 2 cores)::
 
     python benchmarks/recipe_ablation.py
     python benchmarks/recipe_ablation.py --out runs/ablation --reuse   # keep the runs; rerun only changed rows

@@ -111,7 +111,7 @@ class ScheduleConfig:
     """
 
     protocol: str = "progressive"
-    epochs: int = 70
+    epochs: int = 56
     loop_epochs: int = 2
     batch_size: int = 32
     lr: float = 6e-3

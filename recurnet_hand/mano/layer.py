@@ -231,8 +231,10 @@ class ManoLayer(nn.Module):
     def joints(self, global_orient: Tensor, hand_pose: Tensor, betas: Tensor | None = None) -> Tensor:
         """Only the 21 joints ``(B, 21, 3)`` (metres), much cheaper than :meth:`forward`.
 
-        Same arguments and result as ``forward(...).joints``; smplx's ``lbs`` runs on the
-        16 rest joints and the 5 fingertip vertices instead of the whole mesh.
+        Same arguments and result as ``forward(...).joints``; the linear blend skinning runs
+        on the 16 rest joints and the 5 fingertip vertices instead of the whole mesh, with
+        the chain of joint transforms computed one batched product per tree level (three
+        for MANO) rather than one per joint.
         """
         m = self.smplx_model
         ref = m.v_template
@@ -246,17 +248,71 @@ class ManoLayer(nn.Module):
             pose = pose @ m.hand_components
         full_pose = torch.cat([global_orient.to(ref), pose], dim=1) + m.pose_mean
         a = self._joint_model()
-        points, rest_joints = smplx.lbs.lbs(betas.to(ref), full_pose, a["v_template"], a["shapedirs"], a["posedirs"],
-                                            a["J_regressor"], m.parents, a["lbs_weights"])
-        n_joints = rest_joints.shape[1]
-        joints = torch.cat([rest_joints, points[:, n_joints:]], dim=1).index_select(1, self._to_hand21)
+        joints = _skin_joints(betas.to(ref), full_pose, a, self._levels()).index_select(1, self._to_hand21)
         return joints - joints[:, :1] if self.root_relative else joints
+
+    def _levels(self) -> list[tuple[Tensor, Tensor]]:
+        """The kinematic tree by depth: per level, ``(joints, their parents)`` index tensors.
+
+        Every joint of a level depends only on the level above, so the chain of rigid
+        transforms is one batched product per level (3 for MANO) instead of one per joint.
+        """
+        parents = self.smplx_model.parents
+        key = parents.device
+        cached = self.__dict__.get("_level_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        p = parents.tolist()
+        depth = [0] * len(p)
+        for j in range(1, len(p)):
+            depth[j] = depth[p[j]] + 1
+        levels = []
+        for d in range(1, max(depth) + 1):
+            ids = [j for j in range(len(p)) if depth[j] == d]
+            levels.append((torch.tensor(ids, device=key), torch.tensor([p[j] for j in ids], device=key)))
+        self.__dict__["_level_cache"] = (key, levels)
+        return levels
 
     def extra_repr(self) -> str:
         return (
             f"side={self.side!r}, use_pca={self.use_pca}, num_pca_comps={self.num_pca_comps}, "
             f"flat_hand_mean={self.flat_hand_mean}, root_relative={self.root_relative}"
         )
+
+
+def _skin_joints(betas: Tensor, full_pose: Tensor, a: dict, levels) -> Tensor:
+    """Posed rest joints and skinned tip points of the 21-point joint model, ``(B, 16 + 5, 3)``.
+
+    The same computation as ``smplx.lbs.lbs`` on the joint model (shape blend, pose blend,
+    rigid transforms along the tree, linear blend skinning), written for 21 points: the
+    joint model's regressor is the identity on its first 16 points, and the transform
+    chain runs one batched product per tree level.
+    """
+    b, n = betas.shape[0], a["lbs_weights"].shape[1]
+    shaped = a["v_template"] + torch.einsum("bl,mkl->bmk", betas, a["shapedirs"])
+    rest = shaped[:, :n]  # the joint model's regressor picks its first n points
+    rot = smplx.lbs.batch_rodrigues(full_pose.reshape(-1, 3)).view(b, n, 3, 3)
+    eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+    posed_points = shaped + (rot[:, 1:] - eye).reshape(b, -1).matmul(a["posedirs"]).view(b, -1, 3)
+    # Local transforms: rotation about each joint, placed at its offset from the parent.
+    offsets = rest.clone()
+    for ids, par in levels:
+        offsets[:, ids] = rest[:, ids] - rest[:, par]
+    local = torch.zeros(b, n, 4, 4, dtype=rot.dtype, device=rot.device)
+    local[..., :3, :3] = rot
+    local[..., :3, 3] = offsets
+    local[..., 3, 3] = 1.0
+    world = local.clone()
+    for ids, par in levels:  # parents are complete before their children's level runs
+        world[:, ids] = world[:, par] @ local[:, ids]
+    posed_joints = world[..., :3, 3]
+    # Skinning transforms map rest positions to posed ones: subtract the rotated rest joint.
+    skin = world.clone()
+    skin[..., :3, 3] = posed_joints - (world[..., :3, :3] @ rest.unsqueeze(-1)).squeeze(-1)
+    tips_w = a["lbs_weights"][n:]  # (5, n)
+    t = torch.einsum("vj,bjrc->bvrc", tips_w, skin)
+    tips = (t[..., :3, :3] @ posed_points[:, n:].unsqueeze(-1)).squeeze(-1) + t[..., :3, 3]
+    return torch.cat([posed_joints, tips], dim=1)
 
 
 def _check_shape(name: str, value: Tensor, batch: int | None, width: int) -> int:

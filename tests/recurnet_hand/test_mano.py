@@ -584,3 +584,23 @@ def test_joints_fast_path_matches_full_forward_with_pose_correctives(right, use_
     p = torch.randn(5, layer.num_pose_params, generator=gen, dtype=torch.float64)
     b = torch.randn(5, 10, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(layer.joints(g, p, b), layer(g, p, b).joints, rtol=0, atol=1e-12)
+
+
+def test_joints_fast_path_gradients_match_the_full_forward(right):
+    layer = ManoLayer(right, use_pca=True, num_pca_comps=12).double()
+    gen = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(3, n, generator=gen, dtype=torch.float64, requires_grad=True)
+              for n in (3, layer.num_pose_params, 10)]
+    weights = torch.randn(3, 21, 3, generator=gen, dtype=torch.float64)
+    fast = torch.autograd.grad((layer.joints(*inputs) * weights).sum(), inputs)
+    full = torch.autograd.grad((layer(*inputs).joints * weights).sum(), inputs)
+    for a, b in zip(fast, full):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+
+
+def test_kinematic_levels_cover_every_joint_once(right):
+    layer = ManoLayer(right)
+    ids = torch.cat([i for i, _ in layer._levels()]).tolist()
+    assert sorted(ids) == list(range(1, 16)) and len(layer._levels()) == 3  # MANO: 3 joints per finger
+    for i, par in layer._levels():
+        assert (layer.smplx_model.parents[i] == par).all()
