@@ -91,7 +91,8 @@ class LoopedNet(nn.Module):
         self.scale = parts.scale
         refiner = parts.refiner
         if norms == "entry":
-            tokens = isinstance(parts.adapter, TokenAdapter)
+            # Tokens and channels-last maps carry channels on the last axis: a LayerNorm there.
+            tokens = isinstance(parts.adapter, TokenAdapter) or getattr(parts.adapter, "channels_last", False)
             entry = PerIterationNorm(EntryNorm(parts.stage.channels, tokens), self.max_loops + 1, self._index)
             refiner = nn.Sequential(entry, refiner)
         elif norms in ("all", "first"):
@@ -326,7 +327,9 @@ class LoopedNet(nn.Module):
 
     @torch.compiler.disable
     def _count(self, input_shape: tuple[int, ...], last: int) -> CostModel:
-        meta = copy.deepcopy(self).eval()
+        # A frozen copy: counting never touches the network, and modules fed a parameter directly (an
+        # attention-pool latent) do not trip the flop counter's gradient hooks.
+        meta = copy.deepcopy(self).eval().requires_grad_(False)
         meta.__dict__["_cost_cache"] = OrderedDict()
         param = next(self.parameters(), None)
         x = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu",

@@ -26,6 +26,7 @@ __all__ = [
     "SplitError",
     "StageInfo",
     "FeatureAdapter",
+    "ChannelsLastAdapter",
     "MapAdapter",
     "TokenAdapter",
     "SplitBackbone",
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 # Top-level names that start a timm classifier head; everything from the first one on is dropped.
+#: ``global_pool`` settings of timm's ViTs that :class:`TokenAdapter` reproduces.
+TOKEN_POOLS = ("token", "avg", "max", "avgmax", "map")
+
 _HEAD_NAMES = frozenset({"global_pool", "fc", "classifier", "head", "head_drop", "fc_norm", "attn_pool", "flatten"})
 
 
@@ -93,26 +97,59 @@ class MapAdapter(FeatureAdapter):
         return x.mean(dim=(2, 3))
 
 
+class ChannelsLastAdapter(FeatureAdapter):
+    """Adapter for backbones whose stages pass ``(B, H, W, C)`` maps (Swin, MambaOut, ...).
+
+    ``to_map`` / ``from_map`` permute to and from NCHW; pooling is a global mean over
+    ``H, W``. A norm placed in front of such a refiner normalises the last (channel) axis.
+    """
+
+    channels_last = True
+
+    def to_map(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 3, 1, 2)
+
+    def from_map(self, x: torch.Tensor, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.permute(0, 2, 3, 1)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2))
+
+
 class TokenAdapter(FeatureAdapter):
     """Adapter for ViT-style token sequences ``(B, P + H*W, C)`` with ``P`` prefix tokens.
 
     Args:
-        num_prefix_tokens: class and register tokens ahead of the patch tokens.
+        num_prefix_tokens: class, distillation and register tokens ahead of the patch tokens.
         grid_size: ``(H, W)`` of the patch grid at the size the model was built for.
-        pool_type: ``"token"`` (first prefix token) or ``"avg"`` (mean of patch tokens).
+        pool_type: timm's ``global_pool``: ``"token"`` (first prefix token), ``"avg"``,
+            ``"max"`` or ``"avgmax"`` over the patch tokens, or ``"map"`` (the model's
+            attention-pooling head, passed as ``attn_pool``).
         fc_norm: the model's norm applied after pooling (``nn.Identity`` when it has none).
+        attn_pool: the attention-pooling module of ``pool_type="map"``.
+        distilled: pool as distilled models do: the mean of the class and distillation tokens.
+        pool_include_prefix: the attention pool also sees the prefix tokens (timm's setting).
     """
 
-    def __init__(self, num_prefix_tokens: int, grid_size: tuple[int, int], pool_type: str, fc_norm: nn.Module):
+    def __init__(self, num_prefix_tokens: int, grid_size: tuple[int, int], pool_type: str, fc_norm: nn.Module,
+                 *, attn_pool: nn.Module | None = None, distilled: bool = False, pool_include_prefix: bool = False):
         super().__init__()
-        if pool_type not in ("token", "avg"):
-            raise SplitError(f"token adapter supports global_pool 'token' or 'avg', not {pool_type!r}")
+        if pool_type not in TOKEN_POOLS:
+            raise SplitError(f"token adapter supports global_pool {', '.join(map(repr, TOKEN_POOLS))}, not "
+                             f"{pool_type!r} (a model without pooling has no vector to predict from)")
         if pool_type == "token" and num_prefix_tokens == 0:
             raise SplitError("global_pool='token' needs a class token, but the model has no prefix tokens")
+        if (pool_type == "map") != (attn_pool is not None):
+            raise SplitError("global_pool='map' needs the model's attention pool (attn_pool), and only it does")
+        if distilled and num_prefix_tokens < 2:
+            raise SplitError("a distilled model needs a class and a distillation token")
         self.num_prefix_tokens = num_prefix_tokens
         self.grid_size = tuple(grid_size)
         self.pool_type = pool_type
         self.fc_norm = fc_norm
+        self.attn_pool = attn_pool
+        self.distilled = bool(distilled)
+        self.pool_include_prefix = bool(pool_include_prefix)
 
     def to_map(self, x: torch.Tensor) -> torch.Tensor:
         patches = x[:, self.num_prefix_tokens :]
@@ -129,7 +166,20 @@ class TokenAdapter(FeatureAdapter):
         return torch.cat([x[:, : self.num_prefix_tokens], patches], dim=1)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = x[:, 0] if self.pool_type == "token" else x[:, self.num_prefix_tokens :].mean(dim=1)
+        if self.distilled:  # timm's pre-logits of distilled models: no fc_norm
+            return (x[:, 0] + x[:, 1]) / 2
+        if self.attn_pool is not None:
+            pooled = self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens :])
+        elif self.pool_type == "token":
+            pooled = x[:, 0]
+        else:
+            patches = x[:, self.num_prefix_tokens :]
+            if self.pool_type == "avg":
+                pooled = patches.mean(dim=1)
+            elif self.pool_type == "max":
+                pooled = patches.amax(dim=1)
+            else:  # avgmax
+                pooled = 0.5 * (patches.amax(dim=1) + patches.mean(dim=1))
         return self.fc_norm(pooled)
 
 
@@ -146,6 +196,8 @@ class _TokenStem(nn.Module):
         self.patch_embed = model.patch_embed
         self.cls_token = model.cls_token
         self.reg_token = model.reg_token
+        if getattr(model, "dist_token", None) is not None:  # distilled ViTs (DeiT)
+            self.dist_token = model.dist_token
         self.pos_embed = model.pos_embed
         self.pos_drop = model.pos_drop
         self.patch_drop = model.patch_drop
@@ -154,13 +206,12 @@ class _TokenStem(nn.Module):
         self.dynamic_img_size = model.dynamic_img_size
         self.no_embed_class = model.no_embed_class
         self.num_prefix_tokens = model.num_prefix_tokens
+        self._pos_embed_impl = type(model)._pos_embed  # the model's own: distilled models add a token
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from timm.models.vision_transformer import VisionTransformer
-
         x = self.patch_embed(x)
         # timm's routine only reads the attributes mirrored above, so it runs on this module.
-        x = VisionTransformer._pos_embed(self, x)
+        x = self._pos_embed_impl(self, x)
         x = self.patch_drop(x)
         return self.norm_pre(x)
 
@@ -223,6 +274,13 @@ def _split_sequential(model: nn.Module, stage: StageInfo) -> tuple[nn.Module, nn
     head_at = next((i for i, (name, _) in enumerate(units) if name.split(".")[0] in _HEAD_NAMES), len(units))
     body = units[:head_at]
     owned = [i for i, (name, _) in enumerate(body) if name == stage.module or name.startswith(stage.module + ".")]
+    inside = next((name for name, _ in body if stage.module.startswith(name + ".")), None)
+    if not owned and inside is not None:
+        raise SplitError(
+            f"cannot cut {type(model).__name__} at stage {stage.index}: its feature {stage.module!r} is taken "
+            f"inside the unit {inside!r}, before that unit ends, so no cut between units passes it on; "
+            "choose a stage whose feature is a whole unit's output"
+        )
     if not owned:
         raise SplitError(
             f"cannot cut {type(model).__name__} after {stage.module!r}: that module is not one of the units "
@@ -247,7 +305,11 @@ def _split_tokens(model: nn.Module, stage: StageInfo) -> tuple[nn.Module, nn.Mod
     if k + 1 >= len(blocks):
         raise SplitError(f"block {k} is the last transformer block; nothing is left to loop, choose an earlier stage")
     pool = getattr(model, "global_pool", "token")
-    adapter = TokenAdapter(model.num_prefix_tokens, tuple(model.patch_embed.grid_size), pool, model.fc_norm)
+    distilled = getattr(model, "dist_token", None) is not None
+    adapter = TokenAdapter(model.num_prefix_tokens, tuple(model.patch_embed.grid_size), pool,
+                           nn.Identity() if distilled else model.fc_norm,
+                           attn_pool=getattr(model, "attn_pool", None) if pool == "map" else None,
+                           distilled=distilled, pool_include_prefix=getattr(model, "pool_include_prefix", False))
     extractor = nn.Sequential(OrderedDict([("stem", _TokenStem(model)), ("blocks", nn.Sequential(*blocks[: k + 1]))]))
     refiner = nn.Sequential(OrderedDict([("blocks", nn.Sequential(*blocks[k + 1 :])), ("norm", model.norm)]))
     return extractor, refiner, adapter
@@ -259,8 +321,15 @@ def _is_token_model(model: nn.Module) -> bool:
     return isinstance(model, VisionTransformer)
 
 
-def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int]:
-    """Compare both halves with timm's own outputs; return (refiner channels, spatial scale)."""
+def _close(got: torch.Tensor, want: torch.Tensor) -> bool:
+    return got.shape == want.shape and torch.allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max()))
+
+
+def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int, FeatureAdapter]:
+    """Compare both halves with timm's own outputs; return (refiner channels, spatial scale, adapter).
+
+    The adapter comes back changed to :class:`ChannelsLastAdapter` when the stages turn out
+    to pass ``(B, H, W, C)`` maps."""
     was_training = model.training
     model.eval()
     extractor.eval()
@@ -278,6 +347,10 @@ def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int]:
                 ) from err
             want_feats = model.forward_intermediates(x, indices=[stage.index], intermediates_only=True)[0]
             want_out = model.forward_features(x)
+            if (isinstance(adapter, MapAdapter) and feats.dim() == 4 and want_feats.dim() == 4
+                    and not _close(feats, want_feats) and _close(feats.permute(0, 3, 1, 2), want_feats)):
+                # Stages that pass (B, H, W, C) maps; timm's intermediates are NCHW.
+                adapter = ChannelsLastAdapter()
             for what, got, want in (
                 (f"extractor output (stage {stage.index}, {stage.module})", adapter.to_map(feats), want_feats),
                 ("refiner output vs forward_features", out, want_out),
@@ -293,13 +366,20 @@ def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int]:
                         f"timm's {what}: {detail}. Its forward is not the plain chain of its modules, so it cannot be "
                         "looped this way"
                     )
+            if isinstance(adapter, TokenAdapter):  # token models: the pooled vector is timm's pre-logits too
+                got, want = adapter.pool(out), model.forward_head(want_out, pre_logits=True)
+                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max())):
+                    raise SplitError(
+                        f"pooling the refiner output of {type(model).__name__} does not reproduce timm's pre-logits "
+                        f"(global_pool={getattr(model, 'global_pool', None)!r}); this pooling is not supported"
+                    )
             f_map, h_map = adapter.to_map(feats), adapter.to_map(out)
     finally:
         model.train(was_training)
         extractor.train(was_training)
         refiner.train(was_training)
     scale = max(1, round(f_map.shape[-1] / h_map.shape[-1]))
-    return int(adapter.pool(out).shape[1]), scale
+    return int(adapter.pool(out).shape[1]), scale, adapter
 
 
 def split_backbone(
@@ -343,5 +423,5 @@ def split_backbone(
     if check_size is None:
         cfg = getattr(model, "pretrained_cfg", None) or {}
         check_size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
-    channels, scale = _check(model, extractor, refiner, adapter, info, check_size)
+    channels, scale, adapter = _check(model, extractor, refiner, adapter, info, check_size)
     return SplitBackbone(extractor, refiner, adapter, info, channels, scale)

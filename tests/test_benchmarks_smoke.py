@@ -146,6 +146,12 @@ def test_loop_overhead_train_quick(bench, tmp_path):
     assert "Training step" in _read(tmp_path, "loop_overhead_train")
 
 
+def test_loader_quick(bench, tmp_path):
+    result = bench("bench_loader").main(_quick(tmp_path))
+    assert set(result["times"]) == {"per sample", "batched", "training step"} and result["ratio"].median > 0
+    assert "time / training step" in _read(tmp_path, "loader")
+
+
 def test_latency_quick(bench, tmp_path):
     try:
         rows = bench("bench_latency").main(_quick(tmp_path))
@@ -296,3 +302,9 @@ def test_default_run_rewrites_only_the_readme_block(bench, tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no default-run markers"):
         module.update_readme("x", readme)
+
+
+def test_coverage_quick(bench, tmp_path):
+    rows = bench("coverage").main(_quick(tmp_path))
+    assert rows and all(r["verdict"].startswith("works") for r in rows)  # resnet and efficientnet loop everywhere
+    assert "families" in _read(tmp_path, "coverage")

@@ -7,6 +7,7 @@ import timm
 import torch
 from torch import nn
 
+import recurnet
 from recurnet import SplitError, split_backbone
 from recurnet.split import MapAdapter, TokenAdapter
 
@@ -89,8 +90,15 @@ def test_token_adapter_pool_types():
     torch.testing.assert_close(by_mean.pool(tokens), tokens[:, 1:].mean(dim=1))
     with pytest.raises(SplitError, match="class token"):
         TokenAdapter(0, (2, 2), "token", nn.Identity())
-    with pytest.raises(SplitError, match="'map'"):
+    with pytest.raises(SplitError, match="attention pool"):
         TokenAdapter(1, (2, 2), "map", nn.Identity())
+    with pytest.raises(SplitError, match="not ''"):
+        TokenAdapter(1, (2, 2), "", nn.Identity())
+    by_max = TokenAdapter(1, (2, 2), "avgmax", nn.Identity())
+    torch.testing.assert_close(by_max.pool(tokens), 0.5 * (tokens[:, 1:].amax(dim=1) + tokens[:, 1:].mean(dim=1)))
+    both = TokenAdapter(2, (2, 2), "token", nn.Identity(), distilled=True)
+    six = torch.randn(2, 2 + 4, 8)
+    torch.testing.assert_close(both.pool(six), (six[:, 0] + six[:, 1]) / 2)
 
 
 def test_token_adapter_rejects_other_grid_sizes(families):
@@ -176,3 +184,68 @@ def test_full_size_models_cut(full_family, make_images):
     with torch.no_grad():
         out = parts.refiner.eval()(parts.extractor.eval()(make_images(2)))
         torch.testing.assert_close(out, model.forward_features(make_images(2)), rtol=1e-4, atol=1e-5)
+
+
+
+@pytest.mark.parametrize("name,kwargs,prefix", [
+    ("deit_tiny_distilled_patch16_224", {}, 2),  # class + distillation token
+    ("test_vit", {"reg_tokens": 2}, 3),  # class + two register tokens
+    ("test_vit3", {}, None),  # global_pool='map': an attention-pooling head
+    ("test_vit", {"global_pool": "avgmax"}, None),
+])
+def test_vit_variants_cut_loop_and_pool_like_timm(name, kwargs, prefix):
+    size = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2) if name.startswith("deit") else {}
+    model = timm.create_model(name, pretrained=False, **size, **kwargs).eval()
+    hw = tuple(model.patch_embed.img_size)
+    parts = split_backbone(model, 1, check_size=hw)  # verified against timm, pooling included
+    if prefix is not None:
+        assert parts.adapter.num_prefix_tokens == prefix
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        want = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(parts.adapter.pool(parts.refiner(parts.extractor(x))), want, rtol=1e-4, atol=1e-4)
+    # loopify converts the model's norms in place, so it comes last.
+    net = recurnet.loopify(model, 1, max_loops=1, check_size=hw, heads={"y": lambda c: nn.Linear(c, 3)}).eval()
+    with torch.no_grad():
+        out = net(x, exit="all")
+    assert out.iterations[1]["y"].shape == (2, 3) and torch.isfinite(out.iterations[1]["y"]).all()
+
+
+SWIN_TINY = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), img_size=64, window_size=4)
+
+
+@pytest.mark.parametrize("name,kwargs", [("test_mambaout", {}), ("swin_tiny_patch4_window7_224", SWIN_TINY)])
+@pytest.mark.parametrize("norms", ["all", "entry"])
+def test_channels_last_backbones_loop(name, kwargs, norms):
+    from recurnet.split import ChannelsLastAdapter
+
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    net = recurnet.loopify(model, 1, max_loops=2, check_size=(64, 64), norms=norms, uncertainty=True,
+                           heads={"y": lambda c: nn.Linear(c, 3)})
+    assert isinstance(net.adapter, ChannelsLastAdapter)
+    x = torch.randn(3, 3, 64, 64)
+    out = net.train()(x, exit="all")
+    sum(it["y"].sum() for it in out.iterations).backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    net.eval().policy = recurnet.FixedLoops(1)
+    with torch.no_grad():
+        compact, simulated = net(x, exit="compact"), net(x, exit="simulate")
+    torch.testing.assert_close(compact.final["y"], simulated.final["y"])
+    assert compact.exit_step.tolist() == [1, 1, 1]
+
+
+def test_channels_last_adapter_round_trips():
+    from recurnet.split import ChannelsLastAdapter
+
+    a = ChannelsLastAdapter()
+    x = torch.randn(2, 5, 6, 7)  # (B, H, W, C)
+    assert a.to_map(x).shape == (2, 7, 5, 6)
+    torch.testing.assert_close(a.from_map(x, a.to_map(x)), x)
+    torch.testing.assert_close(a.pool(x), x.mean(dim=(1, 2)))
+
+
+def test_a_feature_taken_inside_a_unit_is_refused_with_that_reason():
+    model = timm.create_model("xception41", pretrained=False)  # features at blocks.k.stack.act3
+    with pytest.raises(SplitError, match=r"'blocks.1.stack.act3' is taken inside the unit 'blocks.1'"):
+        split_backbone(model, 1, check_size=(64, 64))

@@ -366,3 +366,19 @@ def test_evaluate_on_freihand_reports_mesh_measures_per_loop(tmp_path):
         assert float(line.split("|")[2]) == pytest.approx(r.pa_mpjpe, abs=0.01)
         f5, f15 = float(line.split("|")[4]), float(line.split("|")[5])
         assert 0.0 <= f5 <= f15 <= 1.0
+
+
+@pytest.mark.slow
+def test_train_the_freihand_preset_on_freihand_files(tmp_path):
+    from recurnet_hand.config import RunConfig, with_overrides
+    from recurnet_hand.train import train
+
+    (tmp_path / "data").mkdir()
+    write_freihand(tmp_path / "data", train=3, evaluation=2)
+    run = with_overrides(RunConfig(), {
+        "model.preset": "freihand", "model.max_loops": 1, "data.dataset": "freihand",
+        "data.root": str(tmp_path / "data"), "train.epochs": 1, "train.loop_epochs": 1, "train.batch_size": 4,
+        "gate.enabled": False, "out_dir": str(tmp_path / "run")})
+    summary = train(run, progress=False)
+    assert summary.model_path.is_file() and len(summary.loops) == 2
+    assert all(np.isfinite(r.epe3d) and np.isfinite(r.pa_mpjpe) for r in summary.loops)

@@ -307,3 +307,25 @@ def test_bad_arguments_fail_early():
         SyntheticHands(4, mano=3.5)
     with pytest.raises(FileNotFoundError):
         SyntheticHands(4, mano="/nonexistent/MANO_RIGHT.pkl")
+
+
+def test_a_batch_fetch_draws_what_per_sample_fetches_draw(cache):
+    from recurnet_hand.data.factory import SYNTHETIC_AUGMENT, MirrorToSide
+
+    data = SyntheticHands(5, S, seed=3, cache_dir=cache, augment=SYNTHETIC_AUGMENT, progress=False)
+    data.set_epoch(2)
+    index = [4, 0, 3, 3]
+    batch = data.__getitems__(index)
+    for i, got in zip(index, batch):
+        want = data[i]
+        assert got.keys() == want.keys()
+        for key in ("joints2d", "joints3d", "K", "rotation"):
+            torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-4)
+        assert bool(got["is_right"]) == bool(want["is_right"]) and int(got["index"]) == i
+        assert (got["image"] - want["image"]).abs().mean() < 0.02
+    data.set_epoch(3)
+    assert not torch.equal(data.__getitems__([4, 0])[0]["joints2d"], batch[0]["joints2d"])
+    # The side wrapper forwards batch fetches and mirrors what needs mirroring.
+    left = MirrorToSide(data, "left").__getitems__([1, 2])
+    assert all(not bool(s["is_right"]) for s in left)
+    torch.testing.assert_close(left[0]["joints2d"][:, 0], S - 1 - data[1]["joints2d"][:, 0])
