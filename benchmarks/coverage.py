@@ -56,8 +56,8 @@ MODELS = [
     ("DeiT, distilled", "deit_tiny_distilled_patch16_224", DEIT, 64),
     ("Swin", "swin_tiny_patch4_window7_224", SWIN, 64),
     ("MambaOut", "test_mambaout", {}, 64),
-    ("CoAtNet", "test_coatnet", {}, 64),
-    ("MaxViT", "test_maxvit", {}, 64),
+    ("CoAtNet", "test_coatnet", {}, 160),
+    ("MaxViT", "test_maxvit", {}, 160),
     ("PVT-v2", "pvt_v2_b0", {}, 64),
     ("Xception", "xception41", {}, 64),
     ("HRNet", "hrnet_w18_small", {}, 64),
@@ -74,14 +74,22 @@ def _first_sentence(text: str) -> str:
 def cut_stage(name: str, kwargs: dict, stage: int, size: int) -> str:
     """``"works (<adapter>)"`` or ``"refused: <reason>"`` for one stage of one model."""
     try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        net = recurnet.loopify(model, stage, max_loops=2, check_size=(size, size),
-                               heads={"y": lambda c: nn.Linear(c, 2)}).eval()
+        norms, note = "all", ""
+        try:
+            net = recurnet.loopify(timm.create_model(name, pretrained=False, **kwargs), stage, max_loops=2,
+                                   check_size=(size, size), heads={"y": lambda c: nn.Linear(c, 2)}).eval()
+        except ValueError as err:
+            if "no norm layers" not in str(err):
+                raise
+            # Normaliser-free families: the per-iteration norm goes in front of the refiner instead.
+            norms, note = "entry", ", norms='entry': the refiner has no norm layers"
+            net = recurnet.loopify(timm.create_model(name, pretrained=False, **kwargs), stage, max_loops=2,
+                                   check_size=(size, size), norms=norms, heads={"y": lambda c: nn.Linear(c, 2)}).eval()
         with torch.no_grad():
             out = net(torch.randn(1, 3, size, size), exit="all")
         if not torch.isfinite(out.final["y"]).all():
-            return "refused: the looped network's output is not finite"
-        return f"works ({type(net.adapter).__name__})"
+            return "fails: the looped network's output is not finite"
+        return f"works ({type(net.adapter).__name__}{note})"
     except recurnet.SplitError as err:
         return f"refused: {_first_sentence(err)}"
     except Exception as err:  # anything else is a failure worth showing, not hiding

@@ -274,8 +274,15 @@ def _split_sequential(model: nn.Module, stage: StageInfo) -> tuple[nn.Module, nn
     head_at = next((i for i, (name, _) in enumerate(units) if name.split(".")[0] in _HEAD_NAMES), len(units))
     body = units[:head_at]
     owned = [i for i, (name, _) in enumerate(body) if name == stage.module or name.startswith(stage.module + ".")]
-    inside = next((name for name, _ in body if stage.module.startswith(name + ".")), None)
+    inside = next(((name, unit) for name, unit in body if stage.module.startswith(name + ".")), None)
+    if not owned and inside is not None and isinstance(inside[1], nn.ModuleList):
+        raise SplitError(
+            f"cannot cut {type(model).__name__} at stage {stage.index}: its feature {stage.module!r} lies in "
+            f"{inside[0]!r}, a ModuleList that the model's forward iterates itself (typically passing extra "
+            "arguments, such as a shared position bias), so its blocks are not a chain of modules"
+        )
     if not owned and inside is not None:
+        inside = inside[0]
         raise SplitError(
             f"cannot cut {type(model).__name__} at stage {stage.index}: its feature {stage.module!r} is taken "
             f"inside the unit {inside!r}, before that unit ends, so no cut between units passes it on; "

@@ -249,3 +249,9 @@ def test_a_feature_taken_inside_a_unit_is_refused_with_that_reason():
     model = timm.create_model("xception41", pretrained=False)  # features at blocks.k.stack.act3
     with pytest.raises(SplitError, match=r"'blocks.1.stack.act3' is taken inside the unit 'blocks.1'"):
         split_backbone(model, 1, check_size=(64, 64))
+
+
+def test_blocks_iterated_by_the_model_itself_are_refused_with_that_reason():
+    model = timm.create_model("test_vit_relpos", pretrained=False)  # blocks get a shared position bias
+    with pytest.raises(SplitError, match="a ModuleList that the model's forward iterates itself"):
+        split_backbone(model, 2)
