@@ -54,6 +54,7 @@ __all__ = [
     "environment",
     "markdown_table",
     "write_results",
+    "counting_backend",
 ]
 
 #: Where result tables go unless ``--results-dir`` says otherwise.
@@ -412,3 +413,19 @@ def write_results(
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def counting_backend(name: str):
+    """The ``torch.compile`` backend ``name``, counting the graphs dynamo hands it.
+
+    Returns ``(backend, calls)``; ``calls[0]`` is the number of graphs compiled so far (one
+    more per graph break).
+    """
+    inner = torch._dynamo.lookup_backend(name)
+    calls = [0]
+
+    def backend(gm, example_inputs):
+        calls[0] += 1
+        return inner(gm, example_inputs)
+
+    return backend, calls

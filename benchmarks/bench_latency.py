@@ -47,7 +47,7 @@ import torch  # noqa: E402
 import recurnet  # noqa: E402
 from recurnet.cost import count_macs  # noqa: E402
 
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, counting_backend, markdown_table, setup, write_results  # noqa: E402
 
 __all__ = ["main", "percentile"]
 
@@ -70,17 +70,6 @@ class _Variant:
     fn: object
     macs: float  # multiply-adds per frame (mean over the stream for the policy variant)
     note: str = ""
-
-
-def _counting_backend(name: str):
-    inner = torch._dynamo.lookup_backend(name)
-    calls = [0]
-
-    def backend(gm, example_inputs):
-        calls[0] += 1
-        return inner(gm, example_inputs)
-
-    return backend, calls
 
 
 def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_backend: str | None,
@@ -110,7 +99,7 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
                         statistics.fmean(cost.macs_until(s) for s in steps),
                         f"mean exit step {statistics.fmean(steps):.2f}"))
     if compile_backend:
-        backend, graphs = _counting_backend(compile_backend)
+        backend, graphs = counting_backend(compile_backend)
         fixed = torch.compile(lambda t: net(t, exit="all", count_cost=False), backend=backend)
         start = time.perf_counter()
         with torch.inference_mode():
@@ -129,7 +118,7 @@ def _timm_variants(size: int, x: torch.Tensor, compile_backend: str | None, name
             macs, _ = count_macs(model, torch.zeros(1, 3, size, size))
         out.append(_Variant(f"timm {name}", lambda m=model: m(x), macs))
         if compile_backend and name == names[0]:
-            backend, graphs = _counting_backend(compile_backend)
+            backend, graphs = counting_backend(compile_backend)
             compiled = torch.compile(model, backend=backend)
             with torch.inference_mode():
                 compiled(x)

@@ -38,6 +38,7 @@ from recurnet.cost import count_macs
 from _common import (
     Stats,
     add_common_args,
+    counting_backend,
     goal_verdict,
     markdown_table,
     paired_ratios,
@@ -79,18 +80,6 @@ def _output(model: nn.Module, x: torch.Tensor, looped: bool) -> torch.Tensor:
     return model(x)
 
 
-def _counting_backend(name: str):
-    """The compile backend ``name``, counting the graphs dynamo hands it (one more per graph break)."""
-    inner = torch._dynamo.lookup_backend(name)
-    calls = [0]
-
-    def backend(gm, example_inputs):
-        calls[0] += 1
-        return inner(gm, example_inputs)
-
-    return backend, calls
-
-
 def _prepare(
     name: str, model: nn.Module, looped: bool, macs: int, x: torch.Tensor, compile_backend: str | None,
     memory_format: torch.memory_format, reference: torch.Tensor, device: torch.device,
@@ -99,7 +88,7 @@ def _prepare(
     x = x.contiguous(memory_format=memory_format)
     run, graphs = model, None
     if compile_backend:
-        backend, graphs = _counting_backend(compile_backend)
+        backend, graphs = counting_backend(compile_backend)
         run = torch.compile(model, backend=backend)
     start = time.perf_counter()
     out = _output(run, x, looped)  # the first call compiles; timed apart from the steady state

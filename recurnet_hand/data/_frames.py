@@ -93,11 +93,15 @@ class FrameDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.frames)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _position(self, index: int) -> int:
+        """``index`` as a position in ``0..len - 1`` (negative indices count from the end)."""
         n = len(self.frames)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        index = int(index) % n
+        return int(index) % n
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = self._position(index)
         f = self.frames
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.transform.augment else None
         crop = self.transform(load_rgb(f.image_paths[index]), f.joints2d[index], f.joints3d[index], f.K[index],

@@ -310,10 +310,7 @@ class FreiHANDDataset(FrameDataset):
         super().__init__(frames, crop_size, margin, augment, seed)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        n = len(self.frames)
-        if not -n <= index < n:
-            raise IndexError(f"index {index} out of range for a dataset of {n} samples")
-        index = int(index) % n
+        index = self._position(index)
         f = self.frames
         # The same draw HandTransform makes, kept here so the 3D map can move the vertices too.
         params = None
