@@ -362,7 +362,7 @@ def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int, F
                 (f"extractor output (stage {stage.index}, {stage.module})", adapter.to_map(feats), want_feats),
                 ("refiner output vs forward_features", out, want_out),
             ):
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max())):
+                if not _close(got, want):
                     detail = (
                         f"shape {tuple(got.shape)} vs {tuple(want.shape)}"
                         if got.shape != want.shape
@@ -375,7 +375,7 @@ def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int, F
                     )
             if isinstance(adapter, TokenAdapter):  # token models: the pooled vector is timm's pre-logits too
                 got, want = adapter.pool(out), model.forward_head(want_out, pre_logits=True)
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * (1 + want.abs().max())):
+                if not _close(got, want):
                     raise SplitError(
                         f"pooling the refiner output of {type(model).__name__} does not reproduce timm's pre-logits "
                         f"(global_pool={getattr(model, 'global_pool', None)!r}); this pooling is not supported"

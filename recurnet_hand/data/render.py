@@ -257,7 +257,7 @@ def _cover(ids, rows, p, xmin, xmax, ymin, coef, width):
     for a, b in ((0, 1), (1, 2), (2, 0)):
         xa, ya, xb, yb = pts[:, a, 0], pts[:, a, 1], pts[:, b, 0], pts[:, b, 1]
         crosses = (np.minimum(ya, yb) <= y) & (y <= np.maximum(ya, yb)) & (ya != yb)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # rows that do not cross are masked
             x = np.where(crosses, xa + (y - ya) * (xb - xa) / (yb - ya), np.nan)
         lo = np.fmin(lo, x)
         hi = np.fmax(hi, x)
