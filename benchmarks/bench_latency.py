@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 import timm  # noqa: E402
 import torch  # noqa: E402
 
@@ -55,13 +56,10 @@ CEILINGS = ("resnet18", "mobilenetv3_small_100")
 
 
 def percentile(values, q: float) -> float:
-    """The ``q``-th percentile (0-100) of ``values``, linearly interpolated."""
-    xs = sorted(values)
-    if not xs:
+    """The ``q``-th percentile (0-100) of ``values``, linearly interpolated (numpy's default)."""
+    if len(values) == 0:
         raise ValueError("percentile of no values")
-    pos = (len(xs) - 1) * q / 100.0
-    lo, hi = int(pos), min(int(pos) + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+    return float(np.percentile(values, q))
 
 
 @dataclass
@@ -87,8 +85,7 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
     x_last = x.contiguous(memory_format=torch.channels_last)
     out.append(_Variant(f"{label}, all {net.max_loops} loops, channels-last",
                         lambda: last(x_last, exit="all", count_cost=False), cost.macs_until(net.max_loops)))
-    dynamic = build_dirnet(preset(name)).eval()
-    dynamic.load_state_dict(net.state_dict())
+    dynamic = copy.deepcopy(net)
     dynamic.policy = recurnet.VarianceThreshold(tau, outputs=["joints3d"])
     dynamic.cost_model((3, size, size))  # counted once, as a deployed model would have it
     with torch.inference_mode():

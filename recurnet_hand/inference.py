@@ -151,6 +151,8 @@ def evaluate_model(path: str | os.PathLike, *, dataset: str | None = None, root:
             tmp.write_text("FreiHAND measures per loop (Procrustes-aligned joints and vertices):\n\n"
                            + mesh_summaries_to_markdown(mesh) + "\n")
             os.replace(tmp, out / "eval_mesh.md")
+        else:  # a mesh table from an earlier evaluation would no longer describe these results
+            (out / "eval_mesh.md").unlink(missing_ok=True)
         series: dict[str, list] = {}
         for r in rows:
             series.setdefault(r.policy, []).append((r.mean_gmacs, r.auc3d, r.setting.split("=")[-1]))
@@ -230,6 +232,17 @@ def _check_box(box, where: str) -> tuple[float, float, float, float]:
     if len(values) != 4 or not all(np.isfinite(values)) or values[2] <= 0 or values[3] <= 0:
         raise ValueError(f"{where}: a hand box is [x, y, w, h] with finite values and w, h > 0, got {box!r}")
     return values
+
+
+def _box_list(value, file: Path) -> list:
+    """``[None]`` (the whole image), or the image's boxes checked: one box or a list of boxes."""
+    if value is None:
+        return [None]
+    is_one = isinstance(value, (list, tuple)) and len(value) > 0 and not isinstance(value[0], (list, tuple))
+    boxes = [value] if is_one else list(value)
+    if not boxes:
+        raise ValueError(f"box of {file}: an empty list of boxes")
+    return [_check_box(b, f"box of {file}") for b in boxes]
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -342,8 +355,11 @@ def predict_images(path: str | os.PathLike, inputs, out_dir: str | os.PathLike, 
     size = run.model.crop_size
     if boxes is None or isinstance(boxes, dict):
         table = {} if boxes is None else boxes
-        per_file = [table.get(str(f), table.get(f.name)) for f in files]
-        per_file = [[None] if b is None else [_check_box(x, f"box of {f}") for x in b] for f, b in zip(files, per_file)]
+        known = {str(f) for f in files} | {f.name for f in files}
+        unknown = sorted(str(k) for k in table if str(k) not in known)
+        if unknown:  # a misspelt name would otherwise silently crop the whole image
+            raise ValueError(f"boxes name images that are not among the inputs: {', '.join(unknown)}")
+        per_file = [_box_list(table.get(str(f), table.get(f.name)), f) for f in files]
     else:
         box = _check_box(boxes, "box")
         per_file = [[box] for _ in files]

@@ -163,7 +163,7 @@ def evaluate(
                           device=device or "cpu")
     _console.print(_table(f"{model}", rows))
     mesh = Path(out_dir or model.parent) / "eval_mesh.md"
-    if (dataset or "") == "freihand" and mesh.is_file():
+    if mesh.is_file():  # written by this evaluation (FreiHAND, MANO head), removed otherwise
         _console.print(mesh.read_text(), markup=False)
         _console.print(f"wrote eval.md, eval.csv, eval_mesh.md and eval_tradeoff.png to {out_dir or model.parent}")
     else:

@@ -382,3 +382,19 @@ def test_train_the_freihand_preset_on_freihand_files(tmp_path):
     summary = train(run, progress=False)
     assert summary.model_path.is_file() and len(summary.loops) == 2
     assert all(np.isfinite(r.epe3d) and np.isfinite(r.pa_mpjpe) for r in summary.loops)
+
+
+def test_a_later_evaluation_without_meshes_removes_the_old_mesh_table(tmp_path):
+    from recurnet_hand import SHIPPED_MODEL
+    from recurnet_hand.inference import evaluate_model
+
+    if not SHIPPED_MODEL.is_file():
+        pytest.skip("the shipped model file is missing")
+    (tmp_path / "data").mkdir()
+    write_freihand(tmp_path / "data", train=1, evaluation=2)
+    evaluate_model(SHIPPED_MODEL, dataset="freihand", root=str(tmp_path / "data"), out_dir=tmp_path / "ev",
+                   progress=False)
+    assert (tmp_path / "ev" / "eval_mesh.md").is_file()
+    evaluate_model(SHIPPED_MODEL, dataset="synthetic", root=str(tmp_path / "cache"), samples=3,
+                   out_dir=tmp_path / "ev", progress=False)
+    assert not (tmp_path / "ev" / "eval_mesh.md").exists() and (tmp_path / "ev" / "eval.md").is_file()

@@ -136,3 +136,14 @@ def test_cli_predict_with_a_box(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(SHIPPED_MODEL), str(tmp_path / "photo.png"), "--box", "1,2,3,4",
                                       "--boxes", str(tmp_path / "x.json")])
     assert result.exit_code == 1 and "not both" in result.output
+
+
+def test_boxes_for_images_not_given_are_an_error(tmp_path):
+    _hand_image(tmp_path)
+    with pytest.raises(ValueError, match="not among the inputs: phot.png"):
+        predict_images(SHIPPED_MODEL, [tmp_path / "photo.png"], tmp_path / "o", boxes={"phot.png": [0, 0, 9, 9]})
+    assert not (tmp_path / "o" / "predictions.json").exists()
+    # A single box in a mapping is one hand, as a list of boxes is several.
+    preds = predict_images(SHIPPED_MODEL, [tmp_path / "photo.png"], tmp_path / "o", overlays=False, meshes=False,
+                           boxes={"photo.png": (0, 0, 100, 80)})
+    assert len(preds) == 1 and preds[0].box == [0, 0, 100, 80]
