@@ -50,9 +50,11 @@ from recurnet.cost import count_macs  # noqa: E402
 
 from _common import add_common_args, counting_backend, markdown_table, setup, write_results  # noqa: E402
 
-__all__ = ["main", "percentile"]
+__all__ = ["main", "percentile", "recompile_sweep"]
 
 CEILINGS = ("resnet18", "mobilenetv3_small_100")
+#: Batch sizes of the recompilation sweep (``recompile_sweep``).
+SWEEP_BATCHES = (1, 2, 3, 5, 8, 13, 16, 21, 34, 55, 64, 89, 128, 144, 200, 233, 256)
 
 
 def percentile(values, q: float) -> float:
@@ -104,7 +106,55 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
         first = time.perf_counter() - start
         out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled", lambda: fixed(x),
                             cost.macs_until(net.max_loops), f"{graphs[0]} graph(s), first call {first:.0f} s"))
+        if compile_backend == "inductor":
+            # Freezing folds the weights into the graph as constants, and lets inductor pre-pack
+            # them for oneDNN's convolutions at every batch size.
+            frozen_net = copy.deepcopy(net)
+            backend_f, graphs_f = counting_backend(compile_backend)
+            with torch._inductor.config.patch(freezing=True), torch.no_grad():
+                frozen = torch.compile(lambda t: frozen_net(t, exit="all", count_cost=False), backend=backend_f)
+                frozen(x)
+            out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights",
+                                lambda: frozen(x), cost.macs_until(net.max_loops), f"{graphs_f[0]} graph(s)"))
+        backend_s, graphs_s = counting_backend(compile_backend)
+        stepped = copy.deepcopy(dynamic).compile_steps((3, size, size), backend=backend_s)
+        stepped.cost_model((3, size, size))
+        stream_s = iter(range(10**9))
+        out.append(_Variant(f"{label}, variance policy (tau {tau:g}), compiled steps, stream of frames",
+                            lambda: stepped(frames[next(stream_s) % len(frames)], count_cost=False),
+                            statistics.fmean(cost.macs_until(s) for s in steps), f"{graphs_s[0]} graph(s)"))
     return out
+
+
+def recompile_sweep(name: str, size: int, compile_backend: str, batches) -> dict:
+    """Graphs compiled by :meth:`recurnet.LoopedNet.compile_steps` over a sweep of batch sizes.
+
+    The network runs with ``exit="compact"`` and a variance threshold at the median predicted
+    variance of loop 0, so every call shrinks its batch at each exit decision to sizes no
+    warm-up saw. Returns the graphs after the warm-up, the new graphs during the sweep, the
+    distinct batch sizes the iterations ran at, and the mean exit step.
+    """
+    from recurnet_hand.model import build_dirnet, preset
+
+    torch.manual_seed(0)
+    net = build_dirnet(preset(name)).eval()
+    images = torch.rand(max(batches), 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        probe = net(images[:64], exit="all", count_cost=False)
+    tau = float(probe.log_variance[0]["joints3d"].exp().mean(dim=(1, 2)).median())
+    net.policy = recurnet.VarianceThreshold(tau, outputs=["joints3d"])
+    backend, graphs = counting_backend(compile_backend)
+    net.compile_steps((3, size, size), backend=backend)
+    warm = graphs[0]
+    sizes, steps = set(), []
+    with torch.inference_mode():
+        for b in batches:
+            out = net(images[:b], count_cost=False)
+            steps += out.exit_step.tolist()
+            ran = out.ran.sum(dim=1).tolist()
+            sizes.update(int(r) for r in ran if r > 0)
+    return {"preset": name, "warm": warm, "new": graphs[0] - warm, "sizes": len(sizes),
+            "largest": max(sizes), "smallest": min(sizes), "mean_exit": statistics.fmean(steps), "tau": tau}
 
 
 def _timm_variants(size: int, x: torch.Tensor, compile_backend: str | None, names) -> list[_Variant]:
@@ -173,6 +223,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{rate / 1e9:.1f} GMAC/s ({rate / ref_rate:.2f} of {ceilings[0]}) {v.note}", flush=True)
     table = markdown_table(["variant", "GMACs", "p50 ms", "p90 ms", "p99 ms", "GMAC/s", f"rate / {ceilings[0]}",
                             "note"], rows, "lrrrrrrl")
+    sweep_text = []
+    if backend:
+        batches = SWEEP_BATCHES if not args.quick else (1, 2, 5, 16, 17)
+        sweep_rows = []
+        for name in presets:
+            r = recompile_sweep(name, size, backend, batches)
+            print(f"recompiles {name}: {r}", flush=True)
+            sweep_rows.append([f"`{name}`", f"{r['tau']:.4g}", f"{r['mean_exit']:.2f}",
+                               f"{r['sizes']} ({r['smallest']}..{r['largest']})", str(r["warm"]), str(r["new"])])
+        sweep_text = [
+            "",
+            "## Dynamic exits, compiled steps: recompilation over batch sizes",
+            "",
+            f"`net.compile_steps((3, {size}, {size}))` ({backend}) warms its graphs up at batch sizes "
+            f"{', '.join(map(str, recurnet.WARM_UP_BATCHES))}; then the network runs `exit=\"compact\"` with a "
+            "variance threshold at the median predicted variance of loop 0 on batches of "
+            f"{', '.join(map(str, batches))} images, so every exit decision shrinks the batch. New graphs "
+            "during that sweep are recompilations (the target: 0).",
+            "",
+            markdown_table(["preset", "tau_var", "mean exit step", "distinct batch sizes run", "graphs after warm-up",
+                            "new graphs in the sweep"], sweep_rows, "lrrrrr"),
+        ]
     body = "\n".join([
         f"Batch 1, {size} x {size} px, {args.threads} threads, eval mode, `torch.inference_mode()`; "
         f"{args.warmup} warm-up rounds and {calls} timed rounds, every variant once per round (alternating "
@@ -182,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "latency includes the policy and the bookkeeping of every exit decision.",
         "",
         table,
+        *sweep_text,
     ])
     path = write_results("latency", "Batch-1 latency: DIR-Net per exit step, beside timm models", body,
                          results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device,

@@ -84,6 +84,14 @@ ROWS = [
     ("  heatmap sigma 2 px", {**DEFAULT, "loss.heatmap_sigma": 2.0}),
     ("  IR9 width 24", {**DEFAULT, "model.width": 24}),
     ("  MANO pose without PCA (45 angles)", {**DEFAULT, "model.num_pca_comps": 45}),
+    ("  3D loss L1 instead of squared", {**DEFAULT, "loss.kind_3d": "l1"}),
+    ("  3D weight 3", {**DEFAULT, "loss.weight_3d": 3.0}),
+    ("  2D weight 0.3", {**DEFAULT, "loss.weight_2d": 0.3}),
+    ("  no training-only heatmap head", {**DEFAULT, "model.heatmaps": False}),
+    ("  NCHW training instead of channels-last", {**DEFAULT, "train.channels_last": False}),
+    ("  bfloat16 forward instead of float32", {**DEFAULT, "train.precision": "bfloat16"}),
+    ("  training batches loaded by a worker process", {**DEFAULT, "data.loader_workers": 1}),
+    ("  3D loss L1 and 2D weight 0.3", {**DEFAULT, "loss.kind_3d": "l1", "loss.weight_2d": 0.3}),
 ]
 
 

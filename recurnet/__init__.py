@@ -8,7 +8,7 @@ output, uncertainty heads, and per-sample exit policies.
 from .cost import ComponentCost, CostModel, count_macs, count_params
 from .feedback import FEEDBACK, AttentionFeedback, Feedback, FeatureFeedback, NoFeedback, register_feedback
 from .heads import UncertaintyHead, UncertaintyOutput
-from .looped import LoopedNet, loopify, simulate_exits
+from .looped import WARM_UP_BATCHES, LoopedNet, UnrolledLoop, loopify, simulate_exits
 from .losses import LoopLoss, LoopLossOutput, LossTerm, gaussian_uncertainty_loss, l1_uncertainty_loss
 from .output import LoopOutput
 from .policies import (
@@ -37,8 +37,10 @@ from .training import (
 __all__ = [
     "loopify",
     "LoopedNet",
+    "UnrolledLoop",
     "LoopOutput",
     "simulate_exits",
+    "WARM_UP_BATCHES",
     "split_backbone",
     "SplitError",
     "Feedback",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 
@@ -32,14 +33,16 @@ from torch import nn
 
 from .cost import ComponentCost, CostModel, count_macs, count_params
 from .feedback import FEEDBACK, Feedback
-from .heads import HeadSpec, UncertaintyHead, build_heads, run_heads
+from .heads import HeadSpec, UncertaintyHead, UncertaintyOutput, build_heads, run_heads
 from .norms import EntryNorm, IterationIndex, PerIterationNorm, convert_norms
 from .output import LoopOutput
 from .policies import POLICIES, ExitPolicy, LoopState, check_decision
 from .split import SplitBackbone, TokenAdapter, split_backbone
 
-__all__ = ["LoopedNet", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES", "COST_CACHE_SIZE"]
+__all__ = ["LoopedNet", "UnrolledLoop", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES", "COST_CACHE_SIZE", "WARM_UP_BATCHES"]
 
+#: Batch sizes :meth:`LoopedNet.compile_steps` warms its graphs up with.
+WARM_UP_BATCHES = (1, 2, 16)
 #: Cost models a :class:`LoopedNet` keeps (one per input shape, loop count and policy).
 COST_CACHE_SIZE = 16
 
@@ -151,6 +154,7 @@ class LoopedNet(nn.Module):
             norm.grow()
         self.max_loops += 1
         self._cost_cache.clear()
+        self.eager_steps()  # compiled steps know only the old iterations
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
@@ -164,14 +168,105 @@ class LoopedNet(nn.Module):
                 f"{self.min_input_size}, so each side needs at least {self.min_input_size} px"
             )
 
+    # ------------------------------------------------------------------ compiled steps
+    def compile_steps(self, input_shape: Sequence[int] | None = None, **compile_kwargs) -> LoopedNet:
+        """Compile the network's steps one by one, for inference with dynamic exits.
+
+        ``torch.compile`` of the whole forward suits ``exit="all"`` (one graph). With a
+        policy and ``exit="compact"``, the batch shrinks between iterations by a data-dependent
+        amount, so this compiles the pieces between the decisions instead: the extractor, each
+        iteration (refiner, pooling, heads, uncertainty; a function per iteration, since each has
+        its own norms) and the feedback step, all with a dynamic batch dimension. The policy,
+        the compaction and the bookkeeping stay eager. Each step has a few graphs: one for a batch
+        of 1 (which dynamo specialises) and one per range of larger batches that PyTorch's
+        convolution picks one kernel for (on CPUs: 2..15 and 16 or more). ``input_shape``
+        compiles them all now, at the batch sizes :data:`WARM_UP_BATCHES` and under
+        :func:`torch.inference_mode` (dynamo compiles anew for another grad mode), so later
+        inference-mode calls at any batch size compile nothing (``benchmarks/bench_latency.py``
+        counts the graphs over batch sizes 1..256).
+
+        Args:
+            input_shape: ``(C, H, W)`` of the images to warm up with (None: compile on first use).
+            **compile_kwargs: passed to :func:`torch.compile` (``dynamic`` defaults to True).
+
+        Returns:
+            The network itself. Training-mode calls stay eager. The compiled steps are not part
+            of its state: copies and pickles run eagerly; :meth:`eager_steps` undoes the call.
+
+        Examples:
+            >>> net = loopify("test_resnet", stage=2, max_loops=1, check_size=(32, 32)).eval()
+            >>> net = net.compile_steps(backend="eager")
+            >>> net(torch.rand(3, 3, 32, 32)).exit_step.tolist()
+            [1, 1, 1]
+        """
+        compile_kwargs.setdefault("dynamic", True)
+        # Dynamo keeps its graphs per code object, up to a recompile limit (8 by default), and a
+        # code object is shared by every network and iteration: give each step its own copy.
+        steps = {"extract": self._extract, "next_input": self._next_input,
+                 **{("iteration", l): self._iteration_body for l in range(self.max_loops + 1)}}
+        self.__dict__["_steps"] = {key: torch.compile(_own_code(fn, key), **compile_kwargs)
+                                   for key, fn in steps.items()}
+        if input_shape is not None:
+            self._warm_up(tuple(input_shape))
+        return self
+
+    def _warm_up(self, input_shape: tuple[int, ...]) -> None:
+        was_training = self.training
+        self.eval()
+        param = next(self.parameters(), None)
+        kwargs = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+        # Images come from outside inference mode (a loader, a camera); what the steps make
+        # inside it are inference tensors: warm up on the same kinds, or dynamo recompiles.
+        images = [torch.zeros(b, *input_shape, **kwargs) for b in WARM_UP_BATCHES]
+        try:
+            for x in images:
+                with torch.inference_mode():
+                    self._warm_up_one(x)
+        finally:
+            self._index.value = None
+            self.train(was_training)
+
+    def _warm_up_one(self, x: torch.Tensor) -> None:
+        feats = self._step("extract", self._extract)(x)
+        x_in = feats
+        for l in range(self.max_loops + 1):
+            h, *_ = self._iteration(x_in, l)
+            if l < self.max_loops:
+                x_in, _ = self._step("next_input", self._next_input)(feats, h)
+
+    def eager_steps(self) -> LoopedNet:
+        """Drop the steps compiled by :meth:`compile_steps`; returns the network."""
+        self.__dict__.pop("_steps", None)
+        return self
+
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_steps", None)  # compiled code is no state: copies and pickles run eagerly
+        return state
+
+    def _step(self, name, default):
+        steps = self.__dict__.get("_steps")
+        # Training-mode calls stay eager: the compiled graphs were traced for inference.
+        return default if steps is None or self.training else steps[name]
+
     # ------------------------------------------------------------------ forward
     def _iteration(self, x_in: torch.Tensor, iteration: int):
         self._index.value = iteration
+        h, predictions, log_variance, features = self._step(("iteration", iteration), self._iteration_body)(x_in)
+        unc = UncertaintyOutput(features, log_variance) if self.uncertainty is not None else None
+        return h, predictions, unc
+
+    def _extract(self, x: torch.Tensor) -> torch.Tensor:
+        return self.extractor(x)
+
+    def _iteration_body(self, x_in: torch.Tensor):
         h = self.refiner(x_in)
         pooled = self.adapter.pool(h)
         predictions = run_heads(self.heads, pooled)
-        unc = self.uncertainty(pooled) if self.uncertainty is not None else None
-        return h, predictions, unc
+        if self.uncertainty is None:
+            return h, predictions, None, None
+        unc = self.uncertainty(pooled)
+        return h, predictions, unc.log_variance, unc.features
 
     def _next_input(self, feats: torch.Tensor, h: torch.Tensor):
         f_map = self.adapter.to_map(feats)
@@ -220,7 +315,7 @@ class LoopedNet(nn.Module):
         self._check_input(x)
         cost = self.cost_model(tuple(x.shape[1:]), loops=last) if count_cost or self._needs_cost() else None
         try:
-            feats = self.extractor(x)
+            feats = self._step("extract", self._extract)(x)
             auxiliary = {}
             # Auxiliary heads follow their own mode: a protocol that freezes them (eval mode) skips them.
             if len(self.auxiliary) and (self.auxiliary.training if return_auxiliary is None else return_auxiliary):
@@ -252,7 +347,7 @@ class LoopedNet(nn.Module):
             log_vars.append(unc.log_variance if unc is not None else {})
             features.append(unc.features if unc is not None else None)
             if l < last:
-                x_in, signal = self._next_input(feats, h)
+                x_in, signal = self._step("next_input", self._next_input)(feats, h)
                 signals.append(signal if return_feedback else None)
         b = feats.shape[0]
         exit_step = torch.full((b,), last, dtype=torch.long, device=feats.device)
@@ -285,7 +380,7 @@ class LoopedNet(nn.Module):
                 active, h, f_act = active[stay], h[stay], f_act[stay]
             if active.numel() == 0:
                 break
-            x_in, signal = self._next_input(f_act, h)
+            x_in, signal = self._step("next_input", self._next_input)(f_act, h)
             if return_feedback:
                 full = signal.new_zeros((b, *signal.shape[1:]))
                 signals.append(full.index_copy(0, active, signal))
@@ -389,6 +484,87 @@ def _scatter_one(previous: torch.Tensor | None, value: torch.Tensor, active: tor
     if previous is None:  # iteration 0: the whole batch ran
         return value
     return previous.index_copy(0, active, value)
+
+
+class UnrolledLoop(nn.Module):
+    """A :class:`LoopedNet` for a fixed number of loops, with its own modules for every iteration.
+
+    The looped network calls one refiner, one set of heads and one feedback decoder at every
+    iteration. Tools that work per module call (PyTorch 2 export quantisation groups the
+    nodes of a graph by the module that made them, and refuses a convolution called more
+    than once) need each iteration's modules apart: here iteration ``l`` owns a copy of the
+    refiner with plain norms (the per-iteration norms' ``l``-th), of the heads, of the
+    uncertainty head and of the feedback decoder. The forward pass computes what
+    ``net(x, exit="all", loops=loops)`` computes; the weights are copies, so later changes
+    to ``net`` do not reach it.
+
+    Args:
+        net: the looped network (it is not changed).
+        loops: iterations ``0..loops`` (default: ``net.max_loops``).
+
+    Examples:
+        >>> net = loopify("test_resnet", stage=2, max_loops=2, check_size=(32, 32),
+        ...               heads={"y": lambda c: nn.Linear(c, 1)}).eval()
+        >>> flat = UnrolledLoop(net).eval()
+        >>> x = torch.rand(2, 3, 32, 32)
+        >>> torch.allclose(flat(x).final["y"], net(x, exit="all").final["y"], atol=1e-5)
+        True
+    """
+
+    def __init__(self, net: LoopedNet, loops: int | None = None):
+        super().__init__()
+        last = net.max_loops if loops is None else int(loops)
+        if not 0 <= last <= net.max_loops:
+            raise ValueError(f"loops must be in 0..{net.max_loops}, got {loops}")
+        self.extractor = copy.deepcopy(net.extractor)
+        self.adapter = copy.deepcopy(net.adapter)
+        self.steps = nn.ModuleList()
+        for l in range(last + 1):
+            step = nn.Module()
+            step.refiner = _plain_norms(copy.deepcopy(net.refiner), l)
+            step.heads = copy.deepcopy(net.heads)
+            step.uncertainty = copy.deepcopy(net.uncertainty)
+            step.feedback = copy.deepcopy(net.feedback) if l < last else None
+            self.steps.append(step)
+
+    def forward(self, x: torch.Tensor) -> LoopOutput:
+        """``(B, C, H, W)`` images -> :class:`LoopOutput` with every iteration (no exits, no cost)."""
+        feats = self.extractor(x)
+        f_map = self.adapter.to_map(feats)
+        iterations, log_vars, features = [], [], []
+        x_in = feats
+        for step in self.steps:
+            h = step.refiner(x_in)
+            pooled = self.adapter.pool(h)
+            iterations.append(run_heads(step.heads, pooled))
+            unc = step.uncertainty(pooled) if step.uncertainty is not None else None
+            log_vars.append(unc.log_variance if unc is not None else {})
+            features.append(unc.features if unc is not None else None)
+            if step.feedback is not None:
+                signal = step.feedback(self.adapter.to_map(h), tuple(f_map.shape[-2:]))
+                x_in = self.adapter.from_map(feats, step.feedback.combine(f_map, signal))
+        b, n = feats.shape[0], len(self.steps)
+        exit_step = torch.full((b,), n - 1, dtype=torch.long, device=feats.device)
+        ran = torch.ones(n, b, dtype=torch.bool, device=feats.device)
+        return LoopOutput(iterations, log_vars, features, exit_step, ran)
+
+
+def _plain_norms(module: nn.Module, iteration: int) -> nn.Module:
+    """``module`` with every :class:`PerIterationNorm` replaced by its norm for ``iteration``."""
+    if isinstance(module, PerIterationNorm):
+        return module.norms[iteration]
+    for name, child in list(module.named_children()):
+        setattr(module, name, _plain_norms(child, iteration))
+    return module
+
+
+def _own_code(method, key) -> Callable:
+    """``method`` (bound) as a function with a code object of its own (see ``compile_steps``)."""
+    func = method.__func__
+    name = "_".join(map(str, key)) if isinstance(key, tuple) else str(key)
+    code = func.__code__.replace(co_name=f"{func.__name__}_{name}")
+    own = types.FunctionType(code, func.__globals__, code.co_name, func.__defaults__, func.__closure__)
+    return types.MethodType(own, method.__self__)
 
 
 def _scatter(previous, values: Mapping[str, torch.Tensor], active, b) -> dict[str, torch.Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -70,6 +71,33 @@ class LoopOutput:
         if self.macs is None:
             raise ValueError("this output carries no cost; run the network with count_cost=True")
         return float(self.macs.mean())
+
+    def float(self) -> "LoopOutput":
+        """A copy whose floating-point tensors (predictions, log-variances, features, feedback,
+        auxiliary outputs) are float32, e.g. to compute a loss on a mixed-precision forward.
+        Tensors that already are float32 are shared, not copied; autograd flows through the casts.
+
+        Examples:
+            >>> half = LoopOutput([{"y": torch.ones(2, 1, dtype=torch.bfloat16)}], [{}], [None],
+            ...                   torch.zeros(2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool))
+            >>> half.float().final["y"].dtype
+            torch.float32
+        """
+
+        def cast(t):
+            return t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        def cast_dicts(items):
+            return [{k: cast(v) for k, v in d.items()} for d in items]
+
+        return dataclasses.replace(
+            self,
+            iterations=cast_dicts(self.iterations),
+            log_variance=cast_dicts(self.log_variance),
+            features=[cast(f) for f in self.features],
+            feedback=[cast(f) for f in self.feedback],
+            auxiliary={k: cast(v) for k, v in self.auxiliary.items()},
+        )
 
     @classmethod
     def concat(cls, parts: "list[LoopOutput]") -> "LoopOutput":

@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from recurnet.training import EndToEnd, Progressive
+from recurnet.training.config import PRECISIONS
 
 from .losses import LossConfig
 from .model import PRESETS, DIRNetConfig, preset
@@ -67,7 +68,9 @@ class DataConfig:
             default), ``fpha`` (first-person) or ``any`` (every orientation).
         augment: augment the training data (rotation, zoom, shift, colour; drawn anew every epoch).
         rotation_deg: largest in-plane rotation of the augmentation (degrees).
-        workers: processes for rendering and data loading.
+        workers: processes that render the synthetic cache.
+        loader_workers: DataLoader worker processes that load and augment training batches
+            while the main process trains (0: load in the main process).
     """
 
     dataset: str = "synthetic"
@@ -79,6 +82,8 @@ class DataConfig:
     viewpoint: str = "stb"
     augment: bool = True
     rotation_deg: float = 30.0
+    workers: int = 2
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
         from .data.synthetic import VIEWPOINTS
@@ -87,7 +92,10 @@ class DataConfig:
             raise ConfigError(f"data.viewpoint must be one of {sorted(VIEWPOINTS)}, got {self.viewpoint!r}")
         if not (math.isfinite(self.rotation_deg) and 0 <= self.rotation_deg <= 180):
             raise ConfigError(f"data.rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")
-    workers: int = 2
+        for name in ("workers", "loader_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"data.{name} must be an integer >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,14 @@ class ScheduleConfig:
             hands the later phases then barely move the network, and keeping the rate
             (``1.0``, the default) scores better at the same cost
             (``benchmarks/results/experiments_synthetic.md``).
+        channels_last: train in the channels-last memory format (the same numbers to float
+            rounding, a faster training step on CPUs: ``benchmarks/results/loop_overhead_train.md``).
+        precision: ``float32`` (the default), ``bfloat16`` (a mixed-precision forward, see
+            :class:`recurnet.TrainConfig`) or ``auto``: bfloat16 where the device computes it
+            natively (CPUs with AVX-512 bf16 or AMX, CUDA GPUs that support it), else float32.
+            On such a CPU the bfloat16 step takes about 0.7 of the float32 one; in the recipe
+            ablation it scores the same, but a full default run with the time it saves spent on
+            more epochs did not score better, so float32 stays the default.
     """
 
     protocol: str = "progressive"
@@ -119,12 +135,16 @@ class ScheduleConfig:
     schedule: str = "cosine"
     grad_clip: float | None = 5.0
     lr_decay: float = 1.0
+    channels_last: bool = True
+    precision: str = "float32"
 
     def __post_init__(self):
         if self.protocol not in PROTOCOL_NAMES:
             raise ConfigError(f"train.protocol must be one of {PROTOCOL_NAMES}, got {self.protocol!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.precision not in ("auto",) + PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {('auto',) + PRECISIONS}, got {self.precision!r}")
 
     def build(self, max_loops: int):
         """The :mod:`recurnet.training` protocol object for a network with ``max_loops``."""

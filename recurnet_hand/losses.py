@@ -31,6 +31,8 @@ from recurnet.output import LoopOutput
 
 __all__ = ["LossConfig", "HandLoss", "add_hand_targets", "joint_heatmaps"]
 
+_REGRESSION_KINDS = ("l1", "l2", "smooth_l1")
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -58,6 +60,9 @@ class LossConfig:
         unit_2d: crop sides per 2D unit (``1 / crop_size`` measures in pixels).
         detach_variance: the uncertainty terms train the log-variances only; the task
             terms alone drive the predictions (see :class:`recurnet.losses.LossTerm`).
+        kind_2d: task-loss kind of the 2D term (a :data:`recurnet.losses.TASK_LOSSES` regression
+            kind: ``smooth_l1``, the paper's, ``l1`` or ``l2``); its uncertainty term follows the kind.
+        kind_3d: the same for the 3D term (``l2``, the paper's squared error, ``l1`` or ``smooth_l1``).
     """
 
     weight_2d: float = 1.0
@@ -71,8 +76,13 @@ class LossConfig:
     unit_3d_mm: float = 100.0
     unit_2d: float = 0.125
     detach_variance: bool = True
+    kind_2d: str = "smooth_l1"
+    kind_3d: str = "l2"
 
     def __post_init__(self) -> None:
+        for name in ("kind_2d", "kind_3d"):
+            if getattr(self, name) not in _REGRESSION_KINDS:
+                raise ValueError(f"loss.{name} must be one of {_REGRESSION_KINDS}, got {getattr(self, name)!r}")
         for name in ("unit_3d_mm", "unit_2d", "heatmap_sigma"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
@@ -145,9 +155,9 @@ class HandLoss(nn.Module):
         c = config
         detach = c.detach_variance
         terms = [
-            LossTerm("joints2d", "joints2d", "smooth_l1", c.weight_2d, c.weight_var, "has_2d", name="2d",
+            LossTerm("joints2d", "joints2d", c.kind_2d, c.weight_2d, c.weight_var, "has_2d", name="2d",
                      scale=c.unit_2d * crop_size, detach_variance=detach),
-            LossTerm("joints3d", "joints3d_rel", "l2", c.weight_3d, c.weight_var, "has_3d", name="3d",
+            LossTerm("joints3d", "joints3d_rel", c.kind_3d, c.weight_3d, c.weight_var, "has_3d", name="3d",
                      scale=c.unit_3d_mm, detach_variance=detach),
         ]
         if mano_regularisers:

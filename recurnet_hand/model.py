@@ -198,6 +198,13 @@ class ManoPoseHead(nn.Module):
         self.vertices = False
 
     def forward(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        if torch.is_autocast_enabled(pooled.device.type):
+            # Under mixed precision the MANO kinematics (chains of 4x4 products) stay in float32.
+            with torch.autocast(pooled.device.type, enabled=False):
+                return self._predict(pooled.float())
+        return self._predict(pooled)
+
+    def _predict(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.fc(pooled)
         pose, shape, rot6d, trans, raw_scale = torch.split(p, [self.num_pose, 10, 6, 2, 1], dim=1)
         rotation = rotation_6d_to_matrix(rot6d + self.identity_6d)

@@ -39,6 +39,7 @@ from recurnet.training import (
     save_checkpoint,
     train_gate,
 )
+from recurnet.training.config import native_bfloat16
 from recurnet.training.distributed import current_context
 
 from . import plots
@@ -61,7 +62,7 @@ from .evaluation import (
 from .losses import HandLoss, add_hand_targets
 from .model import build_dirnet
 
-__all__ = ["RunSummary", "train", "build_data", "default_cache_dir", "MODEL_FORMAT"]
+__all__ = ["RunSummary", "train", "build_data", "default_cache_dir", "training_precision", "MODEL_FORMAT"]
 
 #: ``format`` field of ``model.pt`` files.
 MODEL_FORMAT = "recurnet-hand/dirnet-1"
@@ -215,6 +216,14 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: flo
     return figures
 
 
+def training_precision(run: RunConfig) -> str:
+    """``run.train.precision`` with ``auto`` resolved for the device the run trains on."""
+    if run.train.precision != "auto":
+        return run.train.precision
+    device = run.device if run.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    return "bfloat16" if native_bfloat16(device) else "float32"
+
+
 def _results_markdown(loops, rows, baseline) -> str:
     return ("## Per loop (every sample runs the same number of loops)\n\n" + loop_summaries_to_markdown(loops)
             + f"\n\nMean-pose baseline: 3D EPE {baseline.epe_mean:.2f} mm, 3D AUC {baseline.auc:.3f}.\n\n"
@@ -262,6 +271,9 @@ def _train(run, resume, progress, max_epochs):
         weight_decay=run.train.weight_decay,
         schedule=run.train.schedule,
         grad_clip=run.train.grad_clip,
+        channels_last=run.train.channels_last,
+        precision=training_precision(run),
+        num_workers=run.data.loader_workers,
         seed=run.seed,
         out_dir=str(out),
         device=run.device,
@@ -294,7 +306,7 @@ def _train(run, resume, progress, max_epochs):
     write_rows(rows, out / "results.csv")
     figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm)
     per_loop = [r.auc3d for r in rows if r.policy == "fixed"]
-    summary = {"auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc, "baseline_epe3d": baseline.epe_mean,
+    summary = {"precision": trainer.config.precision, "auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc, "baseline_epe3d": baseline.epe_mean,
                "auc3d_range_mm": list(cfg3d.threshold_range), "loops": [asdict(r) for r in loops],
                "policies": [asdict(r) for r in rows], "figures": {k: str(v) for k, v in figures.items()}}
     tmp = out / ".summary.json.tmp"

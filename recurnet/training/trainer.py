@@ -20,6 +20,8 @@ same final weights as a run that was never stopped.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -217,6 +219,8 @@ class Trainer:
         self.context = current_context()
         self.device = _resolve_device(config.device, self.context)
         self.model = model.to(self.device)
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.loss = loss.to(self.device) if isinstance(loss, nn.Module) else loss
         self.callbacks = list(callbacks)
         self.run_config = _plain(run_config or {}, "run_config")
@@ -353,7 +357,10 @@ class Trainer:
         for i, batch in enumerate(self.loader):
             batch = self._to_device(batch)
             images = batch[cfg.input_key]
-            output = wrapped(images, exit="all", loops=phase.loops, count_cost=False)
+            with self._autocast():
+                output = wrapped(images, exit="all", loops=phase.loops, count_cost=False)
+            if cfg.precision != "float32":
+                output = output.float()
             result = self.loss(output, batch)
             value = float(result.total.detach())
             self._check_finite(value, result, phase, epoch, step, i, checkpoint)
@@ -396,6 +403,11 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ helpers
+    def _autocast(self):
+        if self.config.precision == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=getattr(torch, self.config.precision))
+
     def _to_device(self, batch) -> dict[str, Any]:
         if not isinstance(batch, Mapping):
             raise TypeError(
@@ -404,9 +416,11 @@ class Trainer:
             )
         if self.config.input_key not in batch:
             raise KeyError(f"batch has no {self.config.input_key!r} entry; keys: {sorted(batch)}")
-        return {
-            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
-        }
+        out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        images = out[self.config.input_key]
+        if self.config.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
+            out[self.config.input_key] = images.contiguous(memory_format=torch.channels_last)
+        return out
 
     def _wrap(self) -> nn.Module:
         if not self.context.enabled:

@@ -409,6 +409,9 @@ class HandTransform:
         return f"HandTransform(size={self.size}, margin={self.margin}, augment={self.augment})"
 
 
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+
+
 def augment_crops(images: np.ndarray, joints2d: np.ndarray, joints3d: np.ndarray, K: np.ndarray,
                   is_right: np.ndarray, params: list[AugmentParams], *,
                   rotation: np.ndarray | None = None) -> dict[str, torch.Tensor]:
@@ -475,7 +478,7 @@ def augment_crops(images: np.ndarray, joints2d: np.ndarray, joints3d: np.ndarray
     n = (size - 1) / 2.0  # normalised = (px - n) / n on both sides
     grid_theta[:, :, :2] = inv[:, :2, :2]
     grid_theta[:, :, 2] = (inv[:, :2, :2] @ np.array([n, n]) + inv[:, :2, 2] - n) / n
-    src = torch.tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
+    src = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
     theta = torch.from_numpy(grid_theta).float()
     grid = F.affine_grid(theta, [b, 3, size, size], align_corners=True)
     image = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
@@ -494,13 +497,15 @@ def augment_crops(images: np.ndarray, joints2d: np.ndarray, joints3d: np.ndarray
         image[index] = image[index].flip(-1)
     factors = torch.tensor([[p.brightness, p.contrast, p.saturation] for p in params], dtype=torch.float32)
     if not torch.all(factors == 1.0):
+        # Brightness x -> b x, contrast x -> c (x - m) + m (m: the mean grey), saturation
+        # x -> s (x - g) + g (g: the pixel's grey) are affine, and so is grey itself, so the
+        # three compose to A x + B g0 + C with g0 the grey of x: one pass over the pixels.
         bright, contrast, sat = (factors[:, i].view(b, 1, 1, 1) for i in range(3))
-        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        image = image * bright
-        grey = (image * weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        image = (image - grey) * contrast + grey
-        grey = (image * weights).sum(1, keepdim=True)
-        image = ((image - grey) * sat + grey).clamp_(0.0, 1.0)
+        grey = torch.einsum("bchw,c->bhw", image, _LUMA).unsqueeze(1)
+        mean = bright * grey.mean((2, 3), keepdim=True)
+        gain = contrast * bright
+        image = torch.addcmul((1.0 - contrast) * mean, image, sat * gain)
+        image = image.addcmul_(grey, (1.0 - sat) * gain).clamp_(0.0, 1.0)
     out = {
         "image": image.contiguous(),
         "joints2d": torch.from_numpy(j2d.astype(np.float32)),

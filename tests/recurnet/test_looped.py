@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -204,6 +205,60 @@ def _compare_compiled(net, x, modes, backend="eager", **tolerance):
 def test_compile_traces_compaction(make_net, make_images):
     # Dynamo traces the loop, breaking the graph where the batch shrinks; results match eager.
     _compare_compiled(make_net("resnet", max_loops=1).eval(), make_images(4), ["compact"])
+
+
+class _ExitEveryThird:
+    """Test policy: at every decision, the samples at positions 0, 3, 6, ... of the running batch leave."""
+
+    def __call__(self, state: LoopState) -> torch.Tensor:
+        return torch.arange(state.index.numel(), device=state.index.device) % 3 == 0
+
+
+def _counting_eager():
+    calls = [0]
+
+    def backend(gm, example_inputs):
+        calls[0] += 1
+        return gm.forward
+
+    return backend, calls
+
+
+def test_compiled_steps_match_eager_and_never_recompile_as_the_batch_shrinks(make_net, make_images):
+    net = make_net("resnet", max_loops=3).eval()
+    net.policy = _ExitEveryThird()
+    reference = copy.deepcopy(net)
+    backend, graphs = _counting_eager()
+    assert net.compile_steps((3, 64, 64), backend=backend) is net
+    warm = graphs[0]
+    # every step has graphs for batch 1 and larger batches: extractor, feedback and 4 iterations
+    assert warm >= 2 * (1 + 1 + 4)
+    images = make_images(40)
+    with torch.inference_mode():
+        for b in (1, 2, 3, 7, 16, 17, 40):
+            got, want = net(images[:b]), reference(images[:b])
+            assert torch.equal(got.exit_step, want.exit_step)
+            torch.testing.assert_close(got.final["logits"], want.final["logits"], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got.macs, want.macs)
+    assert graphs[0] == warm  # batch sizes 1..40, shrinking at every exit: no recompilation
+
+
+def test_compiled_steps_are_not_state_and_training_stays_eager(make_net, make_images):
+    net = make_net("resnet", max_loops=1)
+    backend, graphs = _counting_eager()
+    net.compile_steps(backend=backend)  # no warm-up: compiled on first use
+    assert graphs[0] == 0
+    clone = copy.deepcopy(net)
+    assert "_steps" not in clone.__dict__ and "_steps" in net.__dict__
+    net.train()
+    _loss(net(make_images(2)), torch.tensor([0, 1])).backward()
+    assert graphs[0] == 0  # training mode ran the eager steps
+    net.eval()
+    with torch.inference_mode():
+        net(make_images(2))
+    assert graphs[0] > 0
+    assert net.eager_steps() is net and "_steps" not in net.__dict__
+    assert set(net.state_dict()) == set(clone.state_dict())
 
 
 @pytest.mark.slow

@@ -439,3 +439,81 @@ def test_progress_bar_runs_and_missing_tensorboard_fails_at_start(tmp_path, caps
         cfg = TrainConfig(EndToEnd(1), batch_size=8, progress=False, out_dir=str(tmp_path), tensorboard=True)
         Trainer(net, LOSS, MeanTask(), cfg).fit()
         assert any((tmp_path / "tensorboard").iterdir())
+
+
+# ---------------------------------------------------------------------- memory format and precision
+
+
+def _fit_losses(**config):
+    net = tiny_net(max_loops=1, seed=0)
+    cfg = TrainConfig(EndToEnd(2), batch_size=8, lr=1e-3, progress=False, seed=0, **config)
+    result = Trainer(net, LOSS, MeanTask(32), cfg).fit()
+    return net, [h["train/epoch_loss"] for h in result.history]
+
+
+def test_channels_last_training_matches_the_default_format_to_rounding():
+    _, reference = _fit_losses()
+    net, losses = _fit_losses(channels_last=True)
+    assert losses == pytest.approx(reference, rel=5e-3)  # rounding drifts over the steps (5e-4 seen)
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+
+
+def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(monkeypatch):
+    seen = []
+    original = recurnet.LoopedNet.forward
+
+    def spy(self, x, **kw):
+        out = original(self, x, **kw)
+        seen.append(out.iterations[0]["y"].dtype)
+        return out
+
+    monkeypatch.setattr(recurnet.LoopedNet, "forward", spy)
+    _, reference = _fit_losses()
+    seen.clear()
+    net, losses = _fit_losses(precision="bfloat16")
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses == pytest.approx(reference, rel=0.05)  # bf16 rounding, the same training otherwise
+    assert losses != reference
+
+
+def test_precision_is_validated_and_must_match_on_resume(tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(EndToEnd(1), precision="float16")
+    net = tiny_net(max_loops=1)
+    cfg = TrainConfig(EndToEnd(2), batch_size=8, progress=False, out_dir=str(tmp_path))
+    Trainer(net, LOSS, MeanTask(16), cfg).fit(max_epochs=1)
+    other = replace(cfg, precision="bfloat16")
+    with pytest.raises(CheckpointError, match="precision"):
+        Trainer(tiny_net(max_loops=1), LOSS, MeanTask(16), other).fit(resume=tmp_path / "checkpoints" / "last.pt")
+    # channels_last says how this process runs: a resume may change it
+    again = replace(cfg, channels_last=True)
+    assert Trainer(tiny_net(max_loops=1), LOSS, MeanTask(16), again).fit(
+        resume=tmp_path / "checkpoints" / "last.pt").finished
+
+
+def test_native_bfloat16_answers_for_every_device_kind():
+    from recurnet.training.config import native_bfloat16
+
+    assert isinstance(native_bfloat16("cpu"), bool)
+    assert native_bfloat16("meta") is False
+    if not torch.cuda.is_available():
+        assert native_bfloat16("cuda") is False
+
+
+def test_loop_output_float_casts_every_floating_tensor_and_keeps_the_rest():
+    b = torch.bfloat16
+    out = LoopOutput([{"y": torch.ones(2, 1, dtype=b, requires_grad=True)}], [{"y": torch.zeros(2, 1, dtype=b)}],
+                     [torch.ones(2, 4, dtype=b)], torch.zeros(2, dtype=torch.long), torch.ones(1, 2, dtype=torch.bool),
+                     feedback=[None], auxiliary={"maps": torch.ones(2, 3, dtype=b)})
+    f = out.float()
+    assert f.iterations[0]["y"].dtype == f.log_variance[0]["y"].dtype == f.features[0].dtype == torch.float32
+    assert f.auxiliary["maps"].dtype == torch.float32 and f.feedback == [None]
+    assert f.exit_step.dtype == torch.long and f.ran.dtype == torch.bool
+    f.iterations[0]["y"].sum().backward()  # autograd flows through the cast
+    assert out.iterations[0]["y"].grad is not None
+    kept = torch.ones(2, 1)
+    assert LoopOutput([{"y": kept}], [{}], [None], out.exit_step, out.ran).float().iterations[0]["y"] is kept

@@ -26,6 +26,9 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         ({"train": {"protocol": "sideways"}}, "train.protocol must be one of"),
         ({"train": {"lr": "fast"}}, "train.lr: expected a finite number"),
         ({"train": {"lr": float("nan")}}, "train.lr: expected a finite number"),
+        ({"train": {"precision": "int4"}}, "train.precision must be one of"),
+        ({"data": {"loader_workers": -1}}, "data.loader_workers must be an integer >= 0"),
+        ({"loss": {"kind_3d": "huber"}}, "loss.kind_3d must be one of"),
     ],
 )
 def test_bad_config_names_the_key(data, message):
@@ -76,3 +79,13 @@ def test_mirror_to_side_only_flips_the_other_hand():
     torch.testing.assert_close(data[1]["joints2d"], right["joints2d"])
     with pytest.raises(ValueError, match="side"):
         MirrorToSide([left], "middle")
+
+
+def test_auto_precision_resolves_per_device_and_explicit_values_stay():
+    from recurnet.training.config import native_bfloat16
+    from recurnet_hand.train import training_precision
+
+    auto = with_overrides(RunConfig(), {"device": "cpu", "train.precision": "auto"})
+    assert training_precision(auto) == ("bfloat16" if native_bfloat16("cpu") else "float32")
+    for value in ("float32", "bfloat16"):
+        assert training_precision(with_overrides(RunConfig(), {"train.precision": value})) == value

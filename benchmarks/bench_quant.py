@@ -1,0 +1,247 @@
+"""Int8 and bfloat16 inference against float32: batch-1 latency and accuracy on a trained model.
+
+Usage::
+
+    python benchmarks/bench_quant.py            # fpha and stb presets at 224 px, the shipped model at 96 px
+    python benchmarks/bench_quant.py --quick    # a few minutes; checks the script, numbers mean little
+
+Needs ``torchao`` (``pip install -e ".[quant]"``) for the int8 path.
+
+The int8 path is PyTorch 2 export quantisation: the fixed-loop network (every loop, one
+graph) unrolled with a copy of the refiner, heads and feedback per iteration
+(:class:`recurnet.UnrolledLoop`: the quantizer groups a graph's nodes by the module that
+made them and cannot take a convolution called once per loop) is exported with ``torch.export``, annotated
+by torchao's ``X86InductorQuantizer`` (static, int8 activations per tensor and weights per
+channel, for the convolutions and linear layers), calibrated on training images,
+converted, and compiled by inductor with frozen weights, which lowers the quantised
+convolutions to oneDNN int8 kernels (AMX or VNNI where the CPU has them). The pose head
+(its two linear layers and MANO's kinematics) and the uncertainty head stay in float:
+they are a small share of the multiply-adds and MANO's chains of rotations need the
+precision.
+
+Measured, at batch 1 under ``torch.inference_mode()``, in interleaved rounds:
+
+- float32 eager, float32 compiled (inductor, frozen weights), bfloat16 compiled (an
+  autocast forward, where the CPU computes bf16 natively), int8 compiled;
+- for the ``fpha`` and ``stb`` presets at 224 px (random weights; calibrated on random
+  images) and for the shipped trained model (:data:`recurnet_hand.SHIPPED_MODEL`,
+  the ``cpu`` preset at 96 px), whose accuracy is also measured: 3D EPE of the first and
+  the last loop on the held-out synthetic test set, per variant (int8 calibrated on
+  training images).
+
+The issue's target: int8 ``fpha`` batch-1 latency <= 0.6 of float32 at <= 1 mm 3D EPE change.
+Writes ``benchmarks/results/quant.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+
+from _common import add_common_args, markdown_table, setup, time_interleaved, write_results  # noqa: E402
+import recurnet  # noqa: E402
+from bench_export import PREDICTIONS, FixedLoopGraph, exportable_copy, symbolic_batch  # noqa: E402
+
+__all__ = ["quantize_int8", "main"]
+
+
+class _TupleOutputs(torch.nn.Module):
+    """An :class:`recurnet.UnrolledLoop` with :class:`bench_export.FixedLoopGraph`'s tuple outputs."""
+
+    def __init__(self, unrolled):
+        super().__init__()
+        self.net = unrolled
+        self.variance_names = tuple(unrolled.steps[0].uncertainty.shapes)
+
+    def forward(self, images):
+        out = self.net(images)
+        preds = [torch.stack([it[k] for it in out.iterations]) for k in PREDICTIONS]
+        log_vars = [torch.stack([lv[k] for lv in out.log_variance]) for k in self.variance_names]
+        return (*preds, *log_vars)
+
+
+def _frozen_compile(fn):
+    with torch._inductor.config.patch(freezing=True):
+        return torch.compile(fn, backend="inductor")
+
+
+def _call_frozen(compiled, x):
+    # Freezing is read when the graph compiles, at its first call for each new input shape.
+    with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+        return compiled(x)
+
+
+def quantize_int8(net, calibration: list[torch.Tensor], example: torch.Tensor):
+    """The fixed-loop graph of ``net`` quantised to int8 by PT2E (see the module docstring).
+
+    Args:
+        net: a DIR-Net in eval mode (it is copied, not changed).
+        calibration: image batches ``(B, 3, S, S)`` the observers see.
+        example: images to export with (at least 2: the batch size is made dynamic, and export
+            fixes a batch of 1).
+
+    Returns:
+        A compiled callable ``images -> tuple`` of ``(L + 1, B, ...)`` tensors (``joints3d``,
+        ``joints2d``, then the log-variances), as :class:`bench_export.FixedLoopGraph`.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    graph = _TupleOutputs(recurnet.UnrolledLoop(exportable_copy(net))).eval()
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with symbolic_batch():
+        program = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},))
+    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
+    for l in range(len(graph.net.steps)):
+        for part in ("heads", "uncertainty"):
+            quantizer.set_module_name_qconfig(f"net.steps.{l}.{part}", None)
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for images in calibration:
+            prepared(images)
+    converted = convert_pt2e(prepared)
+    return _frozen_compile(converted)
+
+
+def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool) -> dict:
+    graph = FixedLoopGraph(net).eval()
+    out = {"float32 eager": lambda x: graph(x)}
+    fp32 = _frozen_compile(graph)
+    out["float32 compiled"] = lambda x: _call_frozen(fp32, x)
+    if bf16:
+        def autocast_graph(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return tuple(t.float() for t in graph(x))
+
+        bf = _frozen_compile(autocast_graph)
+        out["bfloat16 compiled"] = lambda x: _call_frozen(bf, x)
+    if int8:
+        q = quantize_int8(net, calibration, torch.cat([example, example]))
+        out["int8 compiled"] = lambda x: _call_frozen(q, x)
+    with torch.inference_mode():
+        for fn in out.values():  # compile now, outside the timed rounds
+            fn(example)
+    return out
+
+
+def _latency(label: str, variants: dict, x: torch.Tensor, warmup: int, repeats: int) -> list[list[str]]:
+    with torch.inference_mode():
+        stats = time_interleaved({k: (lambda f=f: f(x)) for k, f in variants.items()}, warmup=warmup,
+                                 repeats=repeats)
+    base = stats["float32 eager"].median
+    base_c = stats["float32 compiled"].median
+    rows = []
+    for name, s in stats.items():
+        rows.append([label, name, f"{1e3 * s.median:.2f}", f"{s.median / base:.2f}", f"{s.median / base_c:.2f}"])
+        print(f"{label} {name}: {1e3 * s.median:.2f} ms ({s.median / base:.2f} of float32 eager, "
+              f"{s.median / base_c:.2f} of float32 compiled)", flush=True)
+    return rows
+
+
+def _epe(variant, images: torch.Tensor, gt3d: torch.Tensor, batch: int = 50) -> tuple[float, float]:
+    first, last = [], []
+    with torch.inference_mode():
+        for i in range(0, images.shape[0], batch):
+            joints3d = variant(images[i : i + batch])[0].float()
+            gt = gt3d[i : i + batch]
+            first.append((joints3d[0] - gt).norm(dim=-1).mean(dim=-1))
+            last.append((joints3d[-1] - gt).norm(dim=-1).mean(dim=-1))
+    return float(torch.cat(first).mean()), float(torch.cat(last).mean())
+
+
+def _synthetic(split: str, samples: int, size: int, root: Path):
+    """The default run's synthetic train or test set (the same seeds and cache layout)."""
+    from recurnet_hand.data.synthetic import SyntheticHands
+
+    seed = 0 if split == "train" else 1000003
+    return SyntheticHands(samples, size, seed=seed, cache_dir=root / f"{split}-{size}px-seed{seed}-stb",
+                          progress=False)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["fpha", "stb"], help="presets timed at 224 px")
+    parser.add_argument("--calibration", type=int, default=8, help="calibration batches of 32 images (default 8)")
+    parser.add_argument("--test-samples", type=int, default=500, help="test images for the accuracy (default 500)")
+    add_common_args(parser, warmup=5, repeats=40, timing=True)
+    args = parser.parse_args(argv)
+    device = setup(args)
+    if str(device) != "cpu":
+        raise SystemExit("bench_quant measures the CPU path; pass --device cpu")
+    from recurnet.training.config import native_bfloat16
+    from recurnet_hand import SHIPPED_MODEL
+    from recurnet_hand.inference import load_model
+    from recurnet_hand.model import build_dirnet, preset
+    from recurnet_hand.train import default_cache_dir
+
+    int8 = importlib.util.find_spec("torchao") is not None
+    bf16 = native_bfloat16("cpu")
+    presets, size, test_samples, calib = args.presets, 224, args.test_samples, args.calibration
+    if args.quick:
+        presets, size, test_samples, calib = ["tiny"], 96, 50, 1
+    rows = []
+    for name in presets:
+        torch.manual_seed(0)
+        net = build_dirnet(preset(name)).eval()
+        gen = torch.Generator().manual_seed(1)
+        calibration = [torch.rand(32, 3, size, size, generator=gen) for _ in range(calib)]
+        x = torch.rand(1, 3, size, size, generator=gen)
+        rows += _latency(f"`{name}`, {size} px, random weights", _variants(net, x, calibration, bf16, int8), x,
+                         args.warmup, args.repeats)
+
+    net, run = load_model(SHIPPED_MODEL)
+    crop = run.model.crop_size
+    root = Path(default_cache_dir())
+    train_samples, test_total = run.data.train_samples, run.data.test_samples
+    if args.quick:  # a small cache of its own, rendered in seconds
+        root, train_samples, test_total = Path(tempfile.mkdtemp(prefix="bench-quant-")), 32, test_samples
+    train_set = _synthetic("train", train_samples, crop, root)
+    test_set = _synthetic("test", test_total, crop, root)
+    n = min(test_samples, len(test_set))
+    test = [test_set[i] for i in range(n)]
+    images = torch.stack([s["image"] for s in test])
+    gt3d = torch.stack([s["joints3d"] - s["joints3d"][:1] for s in test])
+    calibration = [torch.stack([train_set[i]["image"] for i in range(32 * b, 32 * b + 32)]) for b in range(calib)]
+    shipped = _variants(net, images[:1], calibration, bf16, int8)
+    rows += _latency(f"shipped `{run.model.name}` model, {crop} px", shipped, images[:1], args.warmup, args.repeats)
+    accuracy, reference = [], None
+    for name, variant in shipped.items():
+        first, last = _epe(variant, images, gt3d)
+        reference = reference or (first, last)
+        accuracy.append([name, f"{first:.2f}", f"{last:.2f}", f"{last - reference[1]:+.2f}"])
+        print(f"accuracy {name}: loop 0 {first:.2f} mm, last loop {last:.2f} mm", flush=True)
+
+    notes = []
+    if not int8:
+        notes.append("torchao is not installed here, so the int8 rows are missing (`pip install -e \".[quant]\"`).")
+    if not bf16:
+        notes.append("This CPU has no native bfloat16 (AVX-512 bf16 or AMX), so the bfloat16 rows are missing.")
+    body = "\n".join([
+        f"Batch 1, {args.threads} threads, `torch.inference_mode()`; {args.warmup} warm-up and {args.repeats} timed "
+        "rounds, every variant once per round (alternating order); medians. Every variant runs all loops "
+        "(the fixed-loop graph). Ratios are against float32 eager and float32 compiled in the same run.",
+        "",
+        markdown_table(["model", "variant", "ms", "/ float32 eager", "/ float32 compiled"], rows, "llrrr"),
+        "",
+        f"## Accuracy of the shipped model ({n} held-out synthetic test images, {crop} px)",
+        "",
+        f"int8 calibrated on {32 * calib} training images. 3D EPE is root-relative, in mm.",
+        "",
+        markdown_table(["variant", "3D EPE loop 0", "3D EPE last loop", "change, last loop"], accuracy, "lrrr"),
+        *(["", *notes] if notes else []),
+    ])
+    path = write_results("quant", "Int8 and bfloat16 inference against float32", body, results_dir=args.results_dir,
+                         argv=sys.argv[1:] if argv is None else argv, device=device, script=Path(__file__).name,
+                         clock=args.clock)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
