@@ -5,19 +5,10 @@ Usage::
     python benchmarks/bench_quant.py            # fpha and stb presets at 224 px, the shipped model at 96 px
     python benchmarks/bench_quant.py --quick    # a few minutes; checks the script, numbers mean little
 
-Needs ``torchao`` (``pip install -e ".[quant]"``) for the int8 path.
-
-The int8 path is PyTorch 2 export quantisation: the fixed-loop network (every loop, one
-graph) unrolled with a copy of the refiner, heads and feedback per iteration
-(:class:`recurnet.UnrolledLoop`: the quantizer groups a graph's nodes by the module that
-made them and cannot take a convolution called once per loop) is exported with ``torch.export``, annotated
-by torchao's ``X86InductorQuantizer`` (static, int8 activations per tensor and weights per
-channel, for the convolutions and linear layers), calibrated on training images,
-converted, and compiled by inductor with frozen weights, which lowers the quantised
-convolutions to oneDNN int8 kernels (AMX or VNNI where the CPU has them). The pose head
-(its two linear layers and MANO's kinematics) and the uncertainty head stay in float:
-they are a small share of the multiply-adds and MANO's chains of rotations need the
-precision.
+Needs ``torchao`` (``pip install -e ".[quant]"``) for the int8 path, which is
+:func:`recurnet_hand.quantize.quantize_int8`: PyTorch 2 export quantisation of the
+unrolled fixed-loop network (static int8 convolutions and linear layers, the heads in
+float32), calibrated on training images and compiled by inductor with frozen weights.
 
 Measured, at batch 1 under ``torch.inference_mode()``, in interleaved rounds:
 
@@ -45,25 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import add_common_args, markdown_table, setup, time_interleaved, write_results  # noqa: E402
-import recurnet  # noqa: E402
-from bench_export import PREDICTIONS, FixedLoopGraph, exportable_copy, symbolic_batch  # noqa: E402
+from bench_export import FixedLoopGraph  # noqa: E402
 
-__all__ = ["quantize_int8", "main"]
-
-
-class _TupleOutputs(torch.nn.Module):
-    """An :class:`recurnet.UnrolledLoop` with :class:`bench_export.FixedLoopGraph`'s tuple outputs."""
-
-    def __init__(self, unrolled):
-        super().__init__()
-        self.net = unrolled
-        self.variance_names = tuple(unrolled.steps[0].uncertainty.shapes)
-
-    def forward(self, images):
-        out = self.net(images)
-        preds = [torch.stack([it[k] for it in out.iterations]) for k in PREDICTIONS]
-        log_vars = [torch.stack([lv[k] for lv in out.log_variance]) for k in self.variance_names]
-        return (*preds, *log_vars)
+__all__ = ["main"]
 
 
 def _frozen_compile(fn):
@@ -75,38 +50,6 @@ def _call_frozen(compiled, x):
     # Freezing is read when the graph compiles, at its first call for each new input shape.
     with torch._inductor.config.patch(freezing=True), torch.inference_mode():
         return compiled(x)
-
-
-def quantize_int8(net, calibration: list[torch.Tensor], example: torch.Tensor):
-    """The fixed-loop graph of ``net`` quantised to int8 by PT2E (see the module docstring).
-
-    Args:
-        net: a DIR-Net in eval mode (it is copied, not changed).
-        calibration: image batches ``(B, 3, S, S)`` the observers see.
-        example: images to export with (at least 2: the batch size is made dynamic, and export
-            fixes a batch of 1).
-
-    Returns:
-        A compiled callable ``images -> tuple`` of ``(L + 1, B, ...)`` tensors (``joints3d``,
-        ``joints2d``, then the log-variances), as :class:`bench_export.FixedLoopGraph`.
-    """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
-
-    graph = _TupleOutputs(recurnet.UnrolledLoop(exportable_copy(net))).eval()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with symbolic_batch():
-        program = torch.export.export(graph, (example,), dynamic_shapes=({0: batch},))
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
-    for l in range(len(graph.net.steps)):
-        for part in ("heads", "uncertainty"):
-            quantizer.set_module_name_qconfig(f"net.steps.{l}.{part}", None)
-    prepared = prepare_pt2e(program.module(), quantizer)
-    with torch.no_grad():
-        for images in calibration:
-            prepared(images)
-    converted = convert_pt2e(prepared)
-    return _frozen_compile(converted)
 
 
 def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool) -> dict:
@@ -122,8 +65,10 @@ def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool) -
         bf = _frozen_compile(autocast_graph)
         out["bfloat16 compiled"] = lambda x: _call_frozen(bf, x)
     if int8:
-        q = quantize_int8(net, calibration, torch.cat([example, example]))
-        out["int8 compiled"] = lambda x: _call_frozen(q, x)
+        from recurnet_hand.quantize import quantize_int8
+
+        q = quantize_int8(net, calibration)
+        out["int8 compiled"] = lambda x: (torch.stack([it["joints3d"] for it in q(x).iterations]),)
     with torch.inference_mode():
         for fn in out.values():  # compile now, outside the timed rounds
             fn(example)

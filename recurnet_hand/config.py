@@ -117,7 +117,7 @@ class ScheduleConfig:
             (``1.0``, the default) scores better at the same cost
             (``benchmarks/results/experiments_synthetic.md``).
         channels_last: train in the channels-last memory format (the same numbers to float
-            rounding, a faster training step on CPUs: ``benchmarks/results/loop_overhead_train.md``).
+            rounding, a faster training step on CPUs: ``benchmarks/results/train_step.md``).
         precision: ``float32`` (the default), ``bfloat16`` (a mixed-precision forward, see
             :class:`recurnet.TrainConfig`) or ``auto``: bfloat16 where the device computes it
             natively (CPUs with AVX-512 bf16 or AMX, CUDA GPUs that support it), else float32.

@@ -163,7 +163,27 @@ def test_latency_quick(bench, tmp_path):
     for r in rows:
         assert r["p50"] <= r["p90"] <= r["p99"] and r["rate"] > 0
     assert bench("bench_latency").percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
-    assert "p99 ms" in _read(tmp_path, "latency")
+    text = _read(tmp_path, "latency")
+    assert "p99 ms" in text
+    sweep = [line for line in text.splitlines() if line.startswith("| `tiny` |")]
+    assert len(sweep) == 1 and sweep[0].rstrip(" |").endswith("| 0"), sweep  # no recompilation after warm-up
+
+
+def test_train_step_quick(bench, tmp_path):
+    assert bench("bench_train_step").main(_quick(tmp_path)) == 0
+    text = _read(tmp_path, "train_step")
+    assert "NCHW, float32" in text and "channels-last, float32" in text
+
+
+@pytest.mark.slow
+def test_quant_quick(bench, tmp_path):
+    pytest.importorskip("torchao")
+    try:
+        assert bench("bench_quant").main(_quick(tmp_path)) == 0
+    finally:
+        torch._dynamo.reset()
+    text = _read(tmp_path, "quant")
+    assert "int8 compiled" in text and "float32 compiled" in text and "change, last loop" in text
 
 
 def test_freihand_models_lists_sources(bench, tmp_path):

@@ -10,7 +10,7 @@
 """
 
 from .checkpoint import CheckpointError, ConfigMismatchError, load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_from_dict, config_to_dict
+from .config import PRECISIONS, TrainConfig, config_from_dict, config_to_dict, native_bfloat16
 from .distributed import DistributedContext, cleanup_distributed, init_distributed, main_process_first
 from .evaluation import evaluate, loss_metrics
 from .gate import (
@@ -32,6 +32,8 @@ __all__ = [
     "Trainer",
     "set_epoch",
     "TrainConfig",
+    "PRECISIONS",
+    "native_bfloat16",
     "TrainResult",
     "EpochInfo",
     "Callback",

@@ -1,0 +1,107 @@
+"""The default run's training step in four forms: NCHW or channels-last, float32 or a bfloat16 forward.
+
+Usage::
+
+    python benchmarks/bench_train_step.py           # the cpu preset, batch 32, 96 px, phase 0 (loop 0)
+    python benchmarks/bench_train_step.py --quick   # seconds; checks the script
+
+One step is what :class:`recurnet.Trainer` runs: forward over the phase's loops with
+``exit="all"``, :class:`recurnet_hand.losses.HandLoss` (heatmap head included), backward,
+gradient clipping and an Adam step, on a fixed batch of synthetic-looking labels. The four
+variants run in interleaved rounds from the same initial weights; reported are the median
+step times and, per variant, the median of the round-by-round ratios to the NCHW float32
+step. The bfloat16 rows appear only where the CPU computes bfloat16 natively
+(:func:`recurnet.training.native_bfloat16`). Writes ``benchmarks/results/train_step.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+
+from _common import add_common_args, markdown_table, paired_ratios, setup, time_interleaved, write_results  # noqa: E402
+
+__all__ = ["main"]
+
+
+def _step_fn(net, loss, batch, images, loops: int, bf16: bool):
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    params = list(net.parameters())
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+            out = net(images, exit="all", loops=loops, count_cost=False)
+        if bf16:
+            out = out.float()
+        total = loss(out, batch).total
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+
+    return step
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--loops", type=int, default=0, help="loops of the phase timed (default 0, phase 0)")
+    add_common_args(parser, warmup=3, repeats=15, timing=True)
+    args = parser.parse_args(argv)
+    device = setup(args)
+    if str(device) != "cpu":
+        raise SystemExit("bench_train_step measures the CPU path; pass --device cpu")
+    from recurnet.training import native_bfloat16
+    from recurnet_hand.losses import HandLoss, LossConfig
+    from recurnet_hand.model import build_dirnet, preset
+
+    name, b = ("tiny", 4) if args.quick else ("cpu", args.batch_size)
+    config = preset(name)
+    size = config.crop_size
+    torch.manual_seed(0)
+    base = build_dirnet(config).train()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, size, size, generator=gen)
+    batch = {"joints2d": torch.rand(b, 21, 2, generator=gen) * size,
+             "joints3d": torch.randn(b, 21, 3, generator=gen) * 40.0,
+             "has_2d": torch.ones(b, dtype=torch.bool), "has_3d": torch.ones(b, dtype=torch.bool)}
+    loss = HandLoss(LossConfig(), crop_size=size)
+    forms = [("NCHW", False), ("channels-last", True)]
+    precisions = [("float32", False)] + ([("bfloat16 forward", True)] if native_bfloat16("cpu") else [])
+    fns = {}
+    for form, last in forms:
+        for precision, bf16 in precisions:
+            net = copy.deepcopy(base)
+            x = images
+            if last:
+                net = net.to(memory_format=torch.channels_last)
+                x = images.contiguous(memory_format=torch.channels_last)
+            fns[f"{form}, {precision}"] = _step_fn(net, loss, batch, x, args.loops, bf16)
+    stats = time_interleaved(fns, warmup=args.warmup, repeats=args.repeats, clock=args.clock)
+    ref = stats["NCHW, float32"]
+    rows = []
+    for key, s in stats.items():
+        ratio = paired_ratios(s, ref)
+        rows.append([key, s.describe(scale=1e3, unit="", digits=1), ratio.describe(digits=2)])
+        print(f"{key}: {s.describe(scale=1e3, unit=' ms', digits=1)}; ratio {ratio.describe(digits=2)}", flush=True)
+    body = "\n".join([
+        f"`{name}` preset, batch {b}, {size} x {size} px, phase with loops 0..{args.loops}, {args.threads} threads; "
+        f"{args.warmup} warm-up and {args.repeats} timed rounds, every variant once per round (alternating order).",
+        "",
+        markdown_table(["variant", "step ms (IQR)", "ratio to NCHW float32 (IQR of per-round ratios)"], rows, "lrr"),
+    ] + ([] if len(precisions) > 1 else ["", "This CPU has no native bfloat16, so the bfloat16 rows are missing."]))
+    path = write_results("train_step", "Training step: memory format and precision", body,
+                         results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device,
+                         script=Path(__file__).name, clock=args.clock)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
