@@ -26,7 +26,7 @@ this times, at batch 1 in eval mode under ``torch.inference_mode()``:
 Every variant runs once per round, in rounds that alternate their order, so a change in
 the machine's load hits all alike. Reported: p50 / p90 / p99 latency over the calls,
 counted GMACs and achieved GMAC/s (multiply-adds per second), and each DIR-Net
-variant's GMAC/s as a fraction of resnet18's (the issue's targets: ``stb`` >= 0.9,
+variant's GMAC/s as a fraction of resnet18's (the goals: ``stb`` >= 0.9,
 ``fpha`` >= 0.7 at all loops). Writes ``benchmarks/results/latency.md``.
 """
 

@@ -20,7 +20,7 @@ Measured, at batch 1 under ``torch.inference_mode()``, in interleaved rounds:
   the last loop on the held-out synthetic test set, per variant (int8 calibrated on
   training images).
 
-The issue's target: int8 ``fpha`` batch-1 latency <= 0.6 of float32 at <= 1 mm 3D EPE change.
+The goal: int8 ``fpha`` batch-1 latency <= 0.6 of float32 at <= 1 mm 3D EPE change.
 Writes ``benchmarks/results/quant.md``.
 """
 

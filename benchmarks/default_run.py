@@ -53,7 +53,7 @@ def readme_paragraph(summary, minutes: float) -> str:
             f"correlation of {last.variance_rank_corr:.2f} between each hand's predicted variance and its error. "
             f"The last loop's 3D error is {change:+.1f}% against the first pass")
     if gates:
-        # The setting that saves most at <= 0.01 AUC loss (the criterion), else the most accurate.
+        # The setting that saves most at <= 0.01 AUC loss (the goal's criterion), else the most accurate.
         within = [r for r in gates if full.auc3d - r.auc3d <= 0.01]
         g = min(within, key=lambda r: r.mean_gmacs) if within else max(gates, key=lambda r: r.auc3d)
         text += (f"; the learned gate ({g.setting}) runs {g.mean_loops:.2f} loops on average, "

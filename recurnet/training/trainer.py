@@ -21,7 +21,6 @@ same final weights as a run that was never stopped.
 from __future__ import annotations
 
 import contextlib
-
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence

@@ -17,10 +17,11 @@ pytestmark = pytest.mark.skipif(not SHIPPED_MODEL.is_file(), reason="the shipped
 
 
 def _hand_image(tmp_path, seed=0):
-    """A 96 px crop, and the same crop enlarged 1.5x and pasted into a larger photograph."""
-    rng = np.random.default_rng(seed)
-    crop = (rng.random((12, 12, 3)) * 255).astype(np.uint8)
-    crop = np.asarray(Image.fromarray(crop).resize((96, 96), Image.BILINEAR))
+    """A 96 px crop of a synthetic hand, and the same crop enlarged 1.5x and pasted into a larger photograph."""
+    from recurnet_hand.data.synthetic import SyntheticHands
+
+    sample = SyntheticHands(1, 96, seed=seed, cache_dir=tmp_path / "hand", progress=False)[0]
+    crop = (sample["image"].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     photo = np.full((300, 400, 3), 40, np.uint8)
     big = np.asarray(Image.fromarray(crop).resize((144, 144), Image.BILINEAR))
     photo[50:194, 120:264] = big
@@ -39,7 +40,8 @@ def test_a_box_crops_like_the_training_crop_and_maps_joints_back(tmp_path):
     expected = np.asarray(whole.joints2d) * 1.5 + [120 + 0.25, 50 + 0.25]  # crop px -> photo px (1.5x, centres)
     err = np.linalg.norm(np.asarray(boxed.joints2d) - expected, axis=1)
     assert err.max() < 3.0, err  # the same hand, up to resampling the enlarged copy
-    np.testing.assert_allclose(boxed.joints3d, whole.joints3d, atol=5.0)
+    gap3d = np.linalg.norm(np.asarray(boxed.joints3d) - np.asarray(whole.joints3d), axis=1)
+    assert gap3d.mean() < 4.0 and gap3d.max() < 10.0, gap3d  # mm; the model's own error is about 35 mm
     assert boxed.box == pytest.approx(list(box)) and whole.box is None
     np.testing.assert_allclose(np.asarray(boxed.sigma2d) / np.asarray(whole.sigma2d), 1.5, rtol=0.2)
 
@@ -58,9 +60,10 @@ def test_boxes_per_image_write_one_prediction_and_mesh_per_hand(tmp_path):
     verts = np.array([[float(v) for v in line.split()[1:]] for line in lines if line.startswith("v ")])
     faces = [line for line in lines if line.startswith("f ")]
     assert verts.shape == (778, 3) and len(faces) == 1538
-    # The mesh is in the joints' frame: the root-relative wrist-to-tip extent matches the joints'.
+    # The mesh is in the joints' frame: every joint lies inside the hand, near its surface (mm).
     joints = np.asarray(preds[0].joints3d)
-    assert np.abs(verts.max(0) - joints.max(0)).max() < 30 and np.abs(verts.min(0) - joints.min(0)).max() < 30
+    nearest = np.linalg.norm(joints[:, None] - verts[None], axis=-1).min(axis=1)
+    assert nearest.max() < 20.0, nearest
     saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert saved[0]["mesh"].endswith("photo_0.obj") and saved[1]["box"] == [0, 0, 100, 80]
 
