@@ -92,6 +92,17 @@ ROWS = [
     ("  bfloat16 forward instead of float32", {**DEFAULT, "train.precision": "bfloat16"}),
     ("  training batches loaded by a worker process", {**DEFAULT, "data.loader_workers": 1}),
     ("  3D loss L1 and 2D weight 0.3", {**DEFAULT, "loss.kind_3d": "l1", "loss.weight_2d": 0.3}),
+    ("  + articulation loss (weight 1)", {**DEFAULT, "loss.weight_articulation": 1.0}),
+    ("  + articulation loss (weight 5)", {**DEFAULT, "loss.weight_articulation": 5.0}),
+    ("  + training-only 3D location maps", {**DEFAULT, "model.location_maps": True}),
+    ("  + articulation loss (weight 5) and location maps", {**DEFAULT, "loss.weight_articulation": 5.0,
+                                                             "model.location_maps": True}),
+    ("  IR9 width 32, bfloat16 forward", {**DEFAULT, "model.width": 32, "train.precision": "bfloat16"}),
+    ("  IR9 width 32, bfloat16 forward, pose predictor width 512", {**DEFAULT, "model.width": 32, "model.fc": 512,
+                                                                   "train.precision": "bfloat16"}),
+    ("  IR9 width 32, bfloat16, 3D loss L1, 2D weight 0.3, articulation loss", {
+        **DEFAULT, "model.width": 32, "train.precision": "bfloat16", "loss.kind_3d": "l1", "loss.weight_2d": 0.3,
+        "loss.weight_articulation": 1.0}),
 ]
 
 

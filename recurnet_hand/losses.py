@@ -54,6 +54,13 @@ class LossConfig:
         weight_heatmap: squared error of the training-only 2D heatmaps (summed over each
             map, averaged over joints), when the model has the heatmap head.
         heatmap_sigma: standard deviation of the target Gaussians, in heatmap cells.
+        weight_articulation: squared error of the predicted joints in the hand's own frame
+            (before the global rotation, MANO head only) against the labels turned into that
+            frame by the labelled rotation, where the data know it (synthetic hands). It
+            supervises the finger pose apart from the hand's orientation.
+        weight_location: squared error of the training-only 3D location maps (when the model
+            has them, see :class:`recurnet_hand.model.LocationMapHead`), read where each
+            joint's target heatmap is high.
         weight_pose: weight of the ``theta`` regulariser.
         weight_shape: weight of the ``beta`` regulariser.
         unit_3d_mm: millimetres per 3D unit.
@@ -71,6 +78,8 @@ class LossConfig:
     weight_rotation: float = 0.0
     weight_heatmap: float = 3.0
     heatmap_sigma: float = 1.0
+    weight_articulation: float = 0.0
+    weight_location: float = 1.0
     weight_pose: float = 0.001
     weight_shape: float = 0.001
     unit_3d_mm: float = 100.0
@@ -87,8 +96,10 @@ class LossConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value}")
-        if not (math.isfinite(self.weight_heatmap) and self.weight_heatmap >= 0):
-            raise ValueError(f"loss.weight_heatmap must be a finite number >= 0, got {self.weight_heatmap}")
+        for name in ("weight_heatmap", "weight_articulation", "weight_location"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
 
 
 _IDENTITY = torch.eye(3)
@@ -119,7 +130,9 @@ def add_hand_targets(batch: Mapping[str, torch.Tensor], output: LoopOutput | Non
     """The batch plus the derived targets the loss needs.
 
     Adds ``joints3d_rel`` ``(B, 21, 3)`` (labels minus the root joint, mm); ``rotation`` and
-    ``has_rotation`` (identity and False) when the data have no rotation label; and, when
+    ``has_rotation`` (identity and False) when the data have no rotation label;
+    ``articulation_target`` ``(B, 21, 3)``, the root-relative labels in the hand's frame
+    (``joints3d_rel @ rotation``, meaningful where ``has_rotation``); and, when
     the output has MANO parameters, zero targets ``pose_zero`` / ``shape_zero`` for the regularisers.
     """
     out = dict(batch)
@@ -128,6 +141,7 @@ def add_hand_targets(batch: Mapping[str, torch.Tensor], output: LoopOutput | Non
     if "rotation" not in out:
         out["rotation"] = _IDENTITY.to(j3d).expand(j3d.shape[0], 3, 3)
         out["has_rotation"] = torch.zeros(j3d.shape[0], dtype=torch.bool, device=j3d.device)
+    out["articulation_target"] = out["joints3d_rel"] @ out["rotation"].to(j3d)
     if output is not None:
         for name in ("pose", "shape"):
             if name in output.iterations[0]:
@@ -161,6 +175,9 @@ class HandLoss(nn.Module):
                      scale=c.unit_3d_mm, detach_variance=detach),
         ]
         if mano_regularisers:
+            if c.weight_articulation > 0:
+                terms.append(LossTerm("articulation", "articulation_target", c.kind_3d, c.weight_articulation,
+                                      mask="has_rotation", name="articulation", scale=c.unit_3d_mm))
             if c.weight_rotation > 0:
                 terms.append(LossTerm("rotation", "rotation", "l2", c.weight_rotation, mask="has_rotation",
                                       name="rotation"))
@@ -173,17 +190,39 @@ class HandLoss(nn.Module):
         self.loop_loss = LoopLoss(terms, loop_weights)
 
     def forward(self, output: LoopOutput, batch: Mapping[str, torch.Tensor]) -> LoopLossOutput:
-        result = self.loop_loss(output, add_hand_targets(batch, output))
+        targets = add_hand_targets(batch, output)
+        result = self.loop_loss(output, targets)
         maps = output.auxiliary.get("heatmaps")
-        if maps is None or self.config.weight_heatmap == 0:
-            return result
-        return self._with_heatmaps(result, maps, batch)
+        if maps is not None and self.config.weight_heatmap > 0:
+            result = self._add(result, "heatmap", self.config.weight_heatmap, self._heatmap_loss(maps, batch))
+        locations = output.auxiliary.get("locations")
+        if locations is not None and self.config.weight_location > 0:
+            result = self._add(result, "location", self.config.weight_location,
+                               self._location_loss(locations, targets))
+        return result
 
-    def _with_heatmaps(self, result: LoopLossOutput, maps: torch.Tensor, batch) -> LoopLossOutput:
-        target = joint_heatmaps(batch["joints2d"].to(maps.dtype), self.crop_size, tuple(maps.shape[-2:]),
-                                self.config.heatmap_sigma)
+    @staticmethod
+    def _add(result: LoopLossOutput, name: str, weight: float, value: torch.Tensor) -> LoopLossOutput:
+        task = {**result.task, name: value.detach().reshape(1)}
+        return replace(result, total=result.total + weight * value, task=task)
+
+    def _target_maps(self, joints2d: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return joint_heatmaps(joints2d.to(like.dtype), self.crop_size, tuple(like.shape[-2:]), self.config.heatmap_sigma)
+
+    def _heatmap_loss(self, maps: torch.Tensor, batch) -> torch.Tensor:
+        target = self._target_maps(batch["joints2d"], maps)
         valid = batch["has_2d"].to(maps.device).bool()
         per_joint = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
-        value = per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
-        task = {**result.task, "heatmap": value.detach().reshape(1)}
-        return replace(result, total=result.total + self.config.weight_heatmap * value, task=task)
+        return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
+
+    def _location_loss(self, maps: torch.Tensor, targets) -> torch.Tensor:
+        # maps (B, J, 3, h, w) in 3D units; each cell weighted by the joint's target Gaussian, whose
+        # sum over a full map is about 2 pi sigma^2 (so the loss is a mean squared error near the joint).
+        weight = self._target_maps(targets["joints2d"], maps)
+        goal = (targets["joints3d_rel"] / self.config.unit_3d_mm).to(maps.dtype)
+        valid = (targets["has_2d"].bool() & targets["has_3d"].bool()).to(maps.device)
+        safe_goal = torch.where(valid.view(-1, 1, 1), goal, torch.zeros_like(goal))
+        error = (maps - safe_goal[..., None, None]).square().sum(2)
+        per_joint = (weight * error).sum((-1, -2)) / (2 * math.pi * self.config.heatmap_sigma ** 2)
+        per_joint = torch.where(valid.view(-1, 1), per_joint, torch.zeros_like(per_joint))
+        return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
