@@ -47,7 +47,6 @@ __all__ = [
     "ManoPoseHead",
     "DirectPoseHead",
     "HeatmapHead",
-    "LocationMapHead",
     "ImageNormalize",
     "build_dirnet",
     "mesh_outputs",
@@ -83,8 +82,6 @@ class DIRNetConfig:
             normalised errors, see :class:`recurnet_hand.losses.LossConfig`).
         heatmaps: add the training-only dense 2D head (:class:`HeatmapHead`) on the extractor
             features; it is not run at inference and adds no inference cost.
-        location_maps: add the training-only dense 3D head (:class:`LocationMapHead`) on the
-            extractor features, also dropped at inference.
         norms: per-iteration norm mode (see :data:`recurnet.looped.NORM_MODES`).
         crop_size: input crop size in pixels.
     """
@@ -104,7 +101,6 @@ class DIRNetConfig:
     log_var_bound: float | None = 10.0
     log_var_init: float = -2.0
     heatmaps: bool = True
-    location_maps: bool = False
     norms: str = "all"
     crop_size: int = 224
 
@@ -115,14 +111,16 @@ class DIRNetConfig:
 
 #: Named configurations. ``stb`` and ``fpha`` are the paper's models. ``freihand`` is the
 #: STB model for FreiHAND's 224 px images, posing MANO with all 45 joint angles (FreiHAND's
-#: own MANO fits are full-pose, and its meshes are scored). ``cpu`` is the FPHA model on
-#: 96 px crops with 3 loops, sized to train on a laptop CPU in minutes (the default of
-#: ``recurnet-hand train``); ``tiny`` is a very small variant for tests and demos.
+#: own MANO fits are full-pose, and its meshes are scored). ``cpu`` is IR9 at the STB
+#: model's width with the FPHA model's pose predictor, on 96 px crops with 3 loops, sized to
+#: train on a laptop CPU in minutes (the default of ``recurnet-hand train``; width 32 scored
+#: better than 16 at the same training time, ``benchmarks/results/recipe_ablation.md``);
+#: ``tiny`` is a very small variant for tests and demos.
 PRESETS: dict[str, DIRNetConfig] = {
     "stb": DIRNetConfig(name="stb", width=32, fc=512),
     "fpha": DIRNetConfig(name="fpha", width=16, fc=256),
     "freihand": DIRNetConfig(name="freihand", width=32, fc=512, num_pca_comps=45),
-    "cpu": DIRNetConfig(name="cpu", width=16, fc=256, max_loops=3, crop_size=96),
+    "cpu": DIRNetConfig(name="cpu", width=32, fc=256, max_loops=3, crop_size=96),
     "tiny": DIRNetConfig(name="tiny", width=8, fc=64, max_loops=3, crop_size=96, uncertainty_hidden=32),
 }
 
@@ -183,7 +181,8 @@ class ManoPoseHead(nn.Module):
         ``rotation`` ``(B, 3, 3)``; ``scale`` ``(B,)`` px/mm; ``translation`` ``(B, 2)`` px;
         ``articulation`` ``(B, 21, 3)`` mm, the same joints in the hand's own (MANO) frame,
         before the global rotation (``joints3d = articulation @ rotation^T``); and, when
-        :attr:`vertices` is set (see :func:`mesh_outputs`), ``vertices`` ``(B, 778, 3)`` mm in the same root-relative camera frame as ``joints3d``.
+        :attr:`vertices` is set (see :func:`mesh_outputs`), ``vertices`` ``(B, 778, 3)`` mm in
+        the same root-relative camera frame as ``joints3d``.
 
     Attributes:
         vertices: also pose the whole mesh. Off by default: the joints-only path of
@@ -293,23 +292,6 @@ class HeatmapHead(nn.Module):
         return self.body(features)
 
 
-class LocationMapHead(HeatmapHead):
-    """Training-only dense 3D head: extractor features ``(B, C, h, w)`` -> ``(B, 21, 3, h, w)`` location maps.
-
-    Every cell predicts the root-relative 3D position of every joint (in the loss's 3D
-    units); the loss reads each joint's map where that joint's target heatmap is high
-    (:meth:`recurnet_hand.losses.HandLoss`), so the early stages learn depth where they see
-    the joint. Like :class:`HeatmapHead` it only runs in training mode.
-    """
-
-    def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
-        super().__init__(in_channels, hidden, 3 * joints)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        maps = self.body(features)
-        return maps.view(maps.shape[0], -1, 3, *maps.shape[-2:])
-
-
 @contextlib.contextmanager
 def mesh_outputs(net: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Within the block, every :class:`ManoPoseHead` of ``net`` also returns ``vertices``.
@@ -367,13 +349,6 @@ HEADS: dict[str, Callable[[DIRNetConfig], Callable[[int], nn.Module]]] = {
 }
 
 
-def _auxiliary(config: DIRNetConfig) -> dict | None:
-    heads = {"heatmaps": HeatmapHead} if config.heatmaps else {}
-    if config.location_maps:
-        heads["locations"] = LocationMapHead
-    return heads or None
-
-
 def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet.LoopedNet:
     """Build DIR-Net: IR9 cut at the loop point, looped, with the pose predictor and uncertainty heads.
 
@@ -405,7 +380,7 @@ def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet
         heads={"pose": HEADS[config.head](config)},
         uncertainty={"joints2d": (NUM_JOINTS, 1), "joints3d": (NUM_JOINTS, 1)},
         uncertainty_hidden=config.uncertainty_hidden,
-        auxiliary=_auxiliary(config),
+        auxiliary={"heatmaps": HeatmapHead} if config.heatmaps else None,
         log_var_bound=config.log_var_bound,
         log_var_init=config.log_var_init,
         norms=config.norms,

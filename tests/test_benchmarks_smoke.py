@@ -288,7 +288,7 @@ def test_recipe_ablation_quick(bench, tmp_path, capsys, monkeypatch):
     runs = ["--out", str(tmp_path / "runs"), "--only", "0", "6"]
     assert script.main(_quick(tmp_path) + runs) == 0
     text = capsys.readouterr().out
-    assert "| old recipe |" in text and "(the new default) |" in text and "Mean-pose baseline" in text
+    assert "| old recipe |" in text and "| + heatmap weight 3 |" in text and "Mean-pose baseline" in text
 
     def retrain(*args, **kwargs):
         raise AssertionError("--reuse must read the finished runs back")
@@ -303,6 +303,32 @@ def test_default_run_quick(bench, tmp_path, capsys):
     assert bench("default_run").main(_quick(tmp_path) + ["--out", str(tmp_path / "run")]) == 0
     text = capsys.readouterr().out
     assert "## Per loop" in text and "rank corr" in text and "Exit policies against every loop" in text
+
+
+def test_error_analysis_splits_orientation_from_articulation(bench, tmp_path, capsys):
+    module = bench("error_analysis")
+    from recurnet_hand.data.synthetic import SyntheticHands
+    from recurnet_hand.losses import add_hand_targets
+
+    data = SyntheticHands(6, 64, seed=3, viewpoint="stb")
+    batch = torch.utils.data.default_collate([data[i] for i in range(6)])
+    t = add_hand_targets(batch)
+    exact = module.decompose({"joints3d": t["joints3d_rel"], "rotation": t["rotation"],
+                              "articulation": t["articulation_target"]}, batch)
+    assert all(v < 1e-3 for k, v in exact["rows"].items() if "mean articulation" not in k)
+    assert exact["articulation"] < 1e-3 and exact["mean_articulation"] > 1.0
+    assert exact["rotation_deg"].max() < 0.1 and all(b[3] == 1.0 for b in exact["tilt_bins"])
+    # A prediction turned about the optical axis errs in plane only.
+    turn = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    rot = turn @ t["rotation"]
+    spun = module.decompose({"joints3d": t["articulation_target"] @ rot.transpose(1, 2), "rotation": rot,
+                             "articulation": t["articulation_target"]}, batch)
+    assert abs(spun["in_plane_deg"] - 90).max() < 1e-3 and spun["out_of_plane_deg"].max() < 1e-3
+    assert spun["rows"]["true rotation, predicted articulation"] < 1e-3 < spun["rows"]["predicted (rotation and articulation)"]
+    # The script end to end, on the shipped model.
+    assert module.main(_quick(tmp_path)) == 0
+    text = _read(tmp_path, "error_analysis")
+    assert "| true rotation, predicted articulation |" in text and "out of plane (tilt)" in text
 
 
 def test_recipe_ablation_reuse_needs_a_runs_folder(bench, capsys):

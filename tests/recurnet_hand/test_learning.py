@@ -160,10 +160,14 @@ def test_loss_terms_are_in_normalised_units():
     net = build_dirnet(preset("tiny", max_loops=0, crop_size=S))
     out = net(torch.rand(4, 3, S, S), exit="all")
     batch = _batch()
-    base = HandLoss(LossConfig(unit_3d_mm=1.0, unit_2d=1.0 / S, weight_rotation=1.0), crop_size=S)(out, batch)
-    scaled = HandLoss(LossConfig(), crop_size=S)(out, batch)
-    # Squared 3D error in units of 100 mm is 1e-4 of the one in mm.
+    base = HandLoss(LossConfig(unit_3d_mm=1.0, unit_2d=1.0 / S, weight_rotation=1.0, kind_3d="l2"), crop_size=S)(
+        out, batch)
+    scaled = HandLoss(LossConfig(kind_3d="l2"), crop_size=S)(out, batch)
+    # Squared 3D error in units of 100 mm is 1e-4 of the one in mm ...
     assert scaled.task["3d"][0].item() == pytest.approx(base.task["3d"][0].item() * 1e-4, rel=1e-5)
+    # ... and an L1 error (the default) 1e-2.
+    l1 = [HandLoss(LossConfig(unit_3d_mm=u), crop_size=S)(out, batch).task["3d"][0].item() for u in (1.0, 100.0)]
+    assert l1[1] == pytest.approx(l1[0] * 1e-2, rel=1e-5)
     assert base.task["rotation"][0].item() == 0.0  # no rotation labels in this batch
 
 
@@ -176,6 +180,32 @@ def test_rotation_term_uses_the_labels_where_present():
     result = HandLoss(LossConfig(weight_rotation=1.0), crop_size=S)(out, batch)
     # One labelled sample: mean over its 9 entries of (I - flip)^2 = 8 / 9, the model starting at I.
     assert result.task["rotation"][0].item() == pytest.approx(8 / 9, abs=0.05)
+
+
+def test_articulation_term_scores_the_hand_frame_apart_from_the_rotation():
+    net = build_dirnet(preset("tiny", max_loops=0, crop_size=S))
+    with torch.no_grad():
+        out = net(torch.rand(3, 3, S, S), exit="all")
+    first = out.iterations[0]
+    torch.testing.assert_close(first["joints3d"], first["articulation"] @ first["rotation"].transpose(1, 2))
+    # Labels: the predicted hand turned by other rotations, placed somewhere in front of the camera.
+    turn = torch.linalg.matrix_exp(torch.tensor([[0.0, -1.0, 0.3], [1.0, 0.0, -0.5], [-0.3, 0.5, 0.0]]))
+    labels = turn @ first["rotation"]
+    batch = _batch(3)
+    batch.update(joints3d=first["articulation"] @ labels.transpose(1, 2) + torch.tensor([5.0, -3.0, 400.0]),
+                 rotation=labels, has_rotation=torch.tensor([True, True, False]))
+    result = HandLoss(LossConfig(weight_articulation=1.0), crop_size=S)(out, batch)
+    assert result.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-8)  # the finger pose is right
+    assert result.task["3d"][0].item() > 1e-3  # the orientation is not
+    # The unlabelled sample does not count, whatever its labels.
+    batch["joints3d"][2] = float("nan")
+    batch["rotation"] = batch["rotation"].clone()
+    batch["rotation"][2] = float("nan")
+    batch["has_3d"] = torch.tensor([True, True, False])
+    masked = HandLoss(LossConfig(weight_articulation=1.0), crop_size=S)(out, batch)
+    assert masked.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-8) and masked.total.isfinite()
+    with pytest.raises(ValueError, match="weight_articulation"):
+        LossConfig(weight_articulation=-1.0)
 
 
 @pytest.mark.parametrize("raw", [-1e4, -50.0, 0.0, 50.0, 1e4])
