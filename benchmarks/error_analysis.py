@@ -45,7 +45,7 @@ from recurnet_hand.train import default_cache_dir  # noqa: E402
 
 __all__ = ["decompose", "main"]
 
-TILT_BINS = ((0, 15), (15, 30), (30, 45))
+TILT_BINS = ((0, 15), (15, 30), (30, 45), (45, 90))
 
 
 def _mean_error(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:

@@ -195,15 +195,15 @@ def test_articulation_term_scores_the_hand_frame_apart_from_the_rotation():
     batch.update(joints3d=first["articulation"] @ labels.transpose(1, 2) + torch.tensor([5.0, -3.0, 400.0]),
                  rotation=labels, has_rotation=torch.tensor([True, True, False]))
     result = HandLoss(LossConfig(weight_articulation=1.0), crop_size=S)(out, batch)
-    assert result.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-8)  # the finger pose is right
-    assert result.task["3d"][0].item() > 1e-3  # the orientation is not
+    assert result.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-5)  # the finger pose is right
+    assert result.task["3d"][0].item() > 1e-2  # the orientation is not
     # The unlabelled sample does not count, whatever its labels.
     batch["joints3d"][2] = float("nan")
     batch["rotation"] = batch["rotation"].clone()
     batch["rotation"][2] = float("nan")
     batch["has_3d"] = torch.tensor([True, True, False])
     masked = HandLoss(LossConfig(weight_articulation=1.0), crop_size=S)(out, batch)
-    assert masked.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-8) and masked.total.isfinite()
+    assert masked.task["articulation"][0].item() == pytest.approx(0.0, abs=1e-5) and masked.total.isfinite()
     with pytest.raises(ValueError, match="weight_articulation"):
         LossConfig(weight_articulation=-1.0)
 
