@@ -132,8 +132,8 @@ def main(argv=None) -> int:
            for name, key in (("whole", "rotation_deg"), ("in-plane (about the optical axis)", "in_plane_deg"),
                              ("out of plane (tilt)", "out_of_plane_deg"))]
     tilt = [[b, n, f"{e:.1f}", f"{100 * w:.0f}%", f"{t:.1f}", f"{p:.1f}"] for b, n, e, w, t, p in result["tilt_bins"]]
-    body = (f"Model `{args.model.name}` ({run.model.name} preset, {run.model.crop_size} px, loop 0) on {len(first['joints3d'])} "
-            f"held-out synthetic test hands (`{run.data.viewpoint}` viewpoints).\n\n"
+    body = (f"Model `{args.model.name}` ({run.model.name} preset, {run.model.crop_size} px, loop 0) on "
+            f"{len(first['joints3d'])} held-out synthetic test hands (`{run.data.viewpoint}` viewpoints).\n\n"
             "3D error with parts of the prediction replaced by the truth (mm, root-relative):\n\n"
             + markdown_table(["prediction", "3D EPE (mm)"], rows)
             + "\n\nRotation error (degrees):\n\n" + markdown_table(["part", "median", "mean"], rot)

@@ -324,7 +324,8 @@ def test_error_analysis_splits_orientation_from_articulation(bench, tmp_path, ca
     spun = module.decompose({"joints3d": t["articulation_target"] @ rot.transpose(1, 2), "rotation": rot,
                              "articulation": t["articulation_target"]}, batch)
     assert abs(spun["in_plane_deg"] - 90).max() < 1e-3 and spun["out_of_plane_deg"].max() < 1e-3
-    assert spun["rows"]["true rotation, predicted articulation"] < 1e-3 < spun["rows"]["predicted (rotation and articulation)"]
+    rows = spun["rows"]
+    assert rows["true rotation, predicted articulation"] < 1e-3 < rows["predicted (rotation and articulation)"]
     # The script end to end, on the shipped model.
     assert module.main(_quick(tmp_path)) == 0
     text = _read(tmp_path, "error_analysis")
