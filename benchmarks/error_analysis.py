@@ -108,8 +108,11 @@ def main(argv=None) -> int:
                         help="a run's model.pt (default: the shipped model)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's; a temporary one with --quick)")
-    parser.add_argument("--samples", type=int, default=None, help="test hands (default: the run's test set size)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="test hands, at most the run's test set size (default: all of them)")
     args = parser.parse_args(argv)
+    if args.samples is not None and args.samples < 1:
+        parser.error(f"--samples must be >= 1, got {args.samples}")
     device = setup(args)
     net, run = load_model(args.model)
     if run.model.head != "mano":

@@ -15,7 +15,7 @@ The variants train with :data:`RECIPE`, the recipe ablation's ``+ heatmap weight
 row (IR9 width 16, a squared 3D error, float32), not the newer default of
 ``recurnet-hand train`` (width 32 with a bfloat16 forward, an L1 3D error, the
 articulation loss): the comparisons are between variants trained alike, and at width
-32 the table would take about 1.5 times as long.
+32 every variant would train longer.
 
 Accuracy is the root-relative 3D PCK AUC over 0-50 mm and the mean errors;
 cost is counted multiply-adds (GMACs, the paper's "GFLOPs") and parameters.

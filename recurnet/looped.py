@@ -39,7 +39,8 @@ from .output import LoopOutput
 from .policies import POLICIES, ExitPolicy, LoopState, check_decision
 from .split import SplitBackbone, TokenAdapter, split_backbone
 
-__all__ = ["LoopedNet", "UnrolledLoop", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES", "COST_CACHE_SIZE", "WARM_UP_BATCHES"]
+__all__ = ["LoopedNet", "UnrolledLoop", "loopify", "simulate_exits", "NORM_MODES", "EXIT_MODES", "COST_CACHE_SIZE",
+           "WARM_UP_BATCHES"]
 
 #: Batch sizes :meth:`LoopedNet.compile_steps` warms its graphs up with.
 WARM_UP_BATCHES = (1, 2, 16)

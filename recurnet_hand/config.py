@@ -121,10 +121,10 @@ class ScheduleConfig:
         precision: ``float32``, ``bfloat16`` (a mixed-precision forward, see
             :class:`recurnet.TrainConfig`) or ``auto`` (the default): bfloat16 where the device
             computes it natively (CPUs with AVX-512 bf16 or AMX, CUDA GPUs that support it), else
-            float32. On such a CPU the bfloat16 training step of the ``cpu`` preset takes about two
-            thirds of the float32 one (``benchmarks/results/train_step.md``) and scores the same
-            in the recipe ablation; the time it saves pays for the preset's width 32. Where it
-            falls back to float32, training takes about 1.5 times as long.
+            float32. On such a CPU the bfloat16 training step of the ``cpu`` preset is faster than
+            the float32 one (``benchmarks/results/train_step.md``) and scores the same in the
+            recipe ablation; the time it saves pays for the preset's width 32. Where it falls
+            back to float32, training takes longer.
     """
 
     protocol: str = "progressive"

@@ -114,7 +114,7 @@ class DIRNetConfig:
 #: own MANO fits are full-pose, and its meshes are scored). ``cpu`` is IR9 at the STB
 #: model's width with the FPHA model's pose predictor, on 96 px crops with 3 loops, sized to
 #: train on a laptop CPU in minutes (the default of ``recurnet-hand train``; width 32 scored
-#: better than 16 at the same training time, ``benchmarks/results/recipe_ablation.md``);
+#: better than 16 in ``benchmarks/results/recipe_ablation.md``);
 #: ``tiny`` is a very small variant for tests and demos.
 PRESETS: dict[str, DIRNetConfig] = {
     "stb": DIRNetConfig(name="stb", width=32, fc=512),

@@ -332,6 +332,16 @@ def test_error_analysis_splits_orientation_from_articulation(bench, tmp_path, ca
     assert "| true rotation, predicted articulation |" in text and "out of plane (tilt)" in text
 
 
+def test_error_analysis_refuses_bad_arguments(bench, tmp_path, capsys):
+    module = bench("error_analysis")
+    with pytest.raises(SystemExit):
+        module.main(["--samples", "0", "--results-dir", str(tmp_path)])
+    assert "--samples must be >= 1" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="none.pt"):
+        module.main(["--model", str(tmp_path / "none.pt"), "--results-dir", str(tmp_path)])
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_recipe_ablation_reuse_needs_a_runs_folder(bench, capsys):
     with pytest.raises(SystemExit):
         bench("recipe_ablation").main(["--quick", "--reuse"])
