@@ -365,3 +365,23 @@ def test_coverage_quick(bench, tmp_path):
     rows = bench("coverage").main(_quick(tmp_path))
     assert rows and all(r["verdict"].startswith("works") for r in rows)  # resnet and efficientnet loop everywhere
     assert "families" in _read(tmp_path, "coverage")
+
+
+@pytest.mark.slow
+def test_data_budget_quick_reads_finished_runs_back(bench, tmp_path, capsys, monkeypatch):
+    script = bench("data_budget")
+    runs = ["--out", str(tmp_path / "runs")]
+    assert script.main(_quick(tmp_path) + runs) == 0
+    text = _read(tmp_path, "data_budget")
+    assert "| 64 |" in text and "| 128 |" in text and "Mean-pose baseline" in text
+    assert all((tmp_path / "runs" / f"images{n}" / "minutes.json").is_file() for n in (64, 128))
+
+    def retrain(*args, **kwargs):
+        raise AssertionError("--reuse must read the finished runs back")
+
+    monkeypatch.setattr(script, "train", retrain)
+    assert script.main(_quick(tmp_path) + runs + ["--reuse"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        script.main(["--quick", "--reuse"])
+    assert "--reuse needs --out" in capsys.readouterr().err

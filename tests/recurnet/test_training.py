@@ -517,3 +517,24 @@ def test_loop_output_float_casts_every_floating_tensor_and_keeps_the_rest():
     assert out.iterations[0]["y"].grad is not None
     kept = torch.ones(2, 1)
     assert LoopOutput([{"y": kept}], [{}], [None], out.exit_step, out.ran).float().iterations[0]["y"] is kept
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_optimizers_use_the_fused_kernels_and_make_the_same_update(name):
+    from recurnet.training.optim import OPTIMIZERS
+
+    torch.manual_seed(0)
+    fused_net, plain_net = nn.Linear(5, 3), nn.Linear(5, 3)
+    plain_net.load_state_dict(fused_net.state_dict())
+    fused = OPTIMIZERS.build(name, [{"params": list(fused_net.parameters()), "lr": 1e-2}], 1e-2, 1e-3)
+    plain_cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    plain = plain_cls(plain_net.parameters(), lr=1e-2, weight_decay=1e-3, foreach=False)
+    assert fused.defaults["fused"] is True
+    x = torch.randn(16, 5)
+    for _ in range(5):
+        for net, opt in ((fused_net, fused), (plain_net, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    for a, b in zip(fused_net.parameters(), plain_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

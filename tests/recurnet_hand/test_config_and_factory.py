@@ -9,6 +9,7 @@ from recurnet_hand.data.factory import MirrorToSide, mirror_sample
 
 def test_yaml_round_trip_and_overrides(tmp_path):
     run = with_overrides(RunConfig(), {"model.preset": "fpha", "model.max_loops": 2, "train.epochs": 3,
+                                       "train.loop_epochs": 2,
                                        "gate.temperatures": [0.5, 2]})
     assert run.model.width == 16 and run.model.max_loops == 2 and run.gate.temperatures == (0.5, 2.0)
     path = save_config(run, tmp_path / "run.yaml")

@@ -1,0 +1,144 @@
+"""More distinct images or more epochs over them: the default run at a fixed budget of steps.
+
+Every row is the full ``recurnet-hand train`` pipeline (the ``cpu`` preset, progressive
+training over loops 0..3, the learned gate, evaluation on the 500 held-out test hands)
+with the other defaults unchanged. The rows split about the same number of phase-0
+training steps (images x epochs, about 240k samples) between more distinct synthetic
+images and more passes over them; the loop phases get one pass over the images each (two
+for the 6000-image row, so every row trains its loops on about the same number of samples
+or more). Rendering a 96 px image costs a few times a training step's share per image, so
+fresh images are not free: the minutes include rendering into an empty cache.
+
+The table goes to ``benchmarks/results/data_budget.md``: per row, the last loop's 3D
+error, AUC and 2D error, the gap to the same model's error on 500 of its own training
+images (without augmentation), and the minutes. The mean pose is printed beside it.
+
+Run (about 45 minutes on 2 cores; ``--out`` keeps the runs, ``--reuse`` reads finished ones)::
+
+    python benchmarks/data_budget.py --out runs/data-budget --reuse
+    python benchmarks/data_budget.py --quick     # a minute; checks the script, numbers mean little
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
+
+from recurnet_hand.config import RunConfig, config_to_dict, with_overrides  # noqa: E402
+from recurnet_hand.evaluation import LoopSummary  # noqa: E402
+from recurnet_hand.inference import load_model  # noqa: E402
+from recurnet_hand.losses import add_hand_targets  # noqa: E402
+from recurnet_hand.train import build_data, train  # noqa: E402
+
+#: (training images, phase-0 epochs, epochs of every loop phase).
+ROWS = [(6000, 40, 2), (12000, 20, 1), (18000, 13, 1)]
+#: Run settings that do not change what is trained (where the run lives, the cache folder).
+_IGNORED = ("out_dir", "device")
+
+
+def _comparable(config: dict) -> dict:
+    config = {k: v for k, v in config.items() if k not in _IGNORED}
+    config["data"] = {k: v for k, v in config["data"].items() if k not in ("root", "workers")}
+    return config
+
+
+def _finished(run: RunConfig, folders) -> tuple[Path, dict] | None:
+    """A finished run of ``run``'s configuration among ``folders``: (folder, summary with minutes)."""
+    want = _comparable(config_to_dict(run))
+    for out in folders:
+        config, summary = out / "config.yaml", out / "summary.json"
+        if not (config.is_file() and summary.is_file()):
+            continue
+        if _comparable(yaml.safe_load(config.read_text()) or {}) != want:
+            continue
+        record = json.loads(summary.read_text())
+        timing = out / "minutes.json"
+        record["minutes"] = json.loads(timing.read_text())["minutes"] if timing.is_file() else None
+        return out, record
+    return None
+
+
+@torch.no_grad()
+def train_error(model_path: Path, run: RunConfig, count: int = 500) -> float:
+    """Mean root-relative 3D error (mm) at the last loop on the first ``count`` training images, unaugmented."""
+    net, _ = load_model(model_path)
+    plain = with_overrides(run, {"data.augment": False})
+    train_set, _ = build_data(plain, progress=False)
+    errors = []
+    for batch in DataLoader(Subset(train_set, range(min(count, len(train_set)))), batch_size=100):
+        batch = add_hand_targets(batch)
+        pred = net(batch["image"], exit="all").iterations[-1]["joints3d"]
+        errors.append((pred - pred[:, :1] - batch["joints3d_rel"]).norm(dim=-1).mean(dim=-1))
+    return float(torch.cat(errors).mean())
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common_args(parser, timing=False)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --out: read rows whose run folder holds a finished run of the same configuration")
+    args = parser.parse_args(argv)
+    if args.reuse and args.out is None:
+        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
+    device = setup(args)
+    rows = [(64, 1, 1), (128, 1, 1)] if args.quick else ROWS
+    out_root = args.out or Path(tempfile.mkdtemp(prefix="data-budget-"))
+    out_root.mkdir(parents=True, exist_ok=True)
+    lines, baseline = [], None
+    for images, epochs, loop_epochs in rows:
+        overrides = {"data.train_samples": images, "train.epochs": epochs, "train.loop_epochs": loop_epochs,
+                     "device": str(device), "out_dir": str(out_root / f"images{images}")}
+        if args.quick:
+            overrides.update({"data.test_samples": 32, "gate.epochs": 1})
+        run = with_overrides(RunConfig(), overrides)
+        found = _finished(run, sorted(p for p in out_root.iterdir() if p.is_dir())) if args.reuse else None
+        if found is None:
+            folder = Path(run.out_dir)
+            cache = folder / "cache"  # empty, so the minutes include rendering
+            shutil.rmtree(cache, ignore_errors=True)
+            run = with_overrides(run, {"data.root": str(cache)})
+            start = time.perf_counter()
+            train(run, progress=False)
+            (folder / "minutes.json").write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
+            found = _finished(run, [folder])
+        folder, record = found
+        run = with_overrides(run, {"data.root": yaml.safe_load((folder / "config.yaml").read_text())["data"]["root"]})
+        last = LoopSummary(**record["loops"][-1])
+        gap = last.epe3d - train_error(folder / "model.pt", run)
+        baseline = record["baseline_epe3d"]
+        minutes = "-" if record["minutes"] is None else f"{record['minutes']:.1f}"
+        lines.append([f"{images:,}", epochs, loop_epochs, f"{images * epochs:,}", f"{last.epe3d:.1f}",
+                      f"{last.auc3d:.3f}", f"{100 * last.epe2d_crop:.1f}", f"{gap:.1f}", minutes])
+        print(json.dumps({"images": images, "epochs": epochs, "epe3d": last.epe3d, "auc3d": last.auc3d,
+                          "gap": gap, "minutes": record["minutes"]}), flush=True)
+    headers = ["training images", "phase-0 epochs", "epochs per loop phase", "phase-0 samples", "3D EPE (mm)",
+               "3D AUC 0-50", "2D EPE (% crop)", "test - train 3D EPE (mm)", "minutes"]
+    body = ("The default run (`recurnet-hand train`) with its other defaults, last loop, 500 held-out test hands "
+            "(`stb` viewpoints), seed 0. Test - train: the 3D error on the test set minus that on 500 of the "
+            "run's own training images (no augmentation). Minutes: the whole run, rendering into an empty cache "
+            "included (`-`: a run reused from a folder without its timing).\n\n"
+            + markdown_table(headers, lines, "rrrrrrrrr"))
+    if baseline is not None:
+        body += f"\n\nMean-pose baseline on the same test set: 3D EPE {baseline:.1f} mm.\n"
+    path = write_results("data_budget", "Distinct images against epochs at a fixed step budget", body,
+                         results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device,
+                         script=Path(__file__).name, timed=False)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
