@@ -20,6 +20,7 @@ Run (about 15 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     summary = train(run, progress=False)
     minutes = (time.perf_counter() - start) / 60
+    # The run's wall time beside its results, where benchmarks/full_ablation.py --reuse reads it.
+    (out / "minutes.json").write_text(json.dumps({"minutes": minutes}))
     first, last = summary.loops[0], summary.loops[-1]
     body = [
         f"`recurnet-hand train` with its defaults ({run.model.name} preset, {run.model.crop_size} px, "

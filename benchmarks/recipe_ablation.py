@@ -26,7 +26,7 @@ rotation supervision, no augmentation):
    network's step near the narrow one's) and ``+ 3D loss L1, 2D weight 0.3,
    articulation loss``: the recipe ``recurnet-hand train`` uses (at the ``cpu``
    preset's 96 px crops), two other learning rates for it, and twice the images for
-   half the epochs (the same steps; ``benchmarks/data_budget.py`` asks the same of the
+   half the epochs (the same steps; ``benchmarks/full_ablation.py`` asks the same of the
    full default run).
 
 The mean-pose baseline on the same test set is printed beside every row. The

@@ -64,7 +64,7 @@ class DataConfig:
         mix_root: its data root.
         train_samples: synthetic training images. The default 18000 with 13 epochs trains about
             as many steps as 6000 images with 40 epochs, and scores better: more distinct images
-            beat more passes over fewer (``benchmarks/results/data_budget.md``).
+            beat more passes over fewer (``benchmarks/results/full_ablation.md``).
         test_samples: synthetic test images.
         viewpoint: synthetic hands' viewpoint distribution: ``stb`` (third-person, the
             default), ``fpha`` (first-person) or ``any`` (every orientation).

@@ -368,12 +368,12 @@ def test_coverage_quick(bench, tmp_path):
 
 
 @pytest.mark.slow
-def test_data_budget_quick_reads_finished_runs_back(bench, tmp_path, capsys, monkeypatch):
-    script = bench("data_budget")
+def test_full_ablation_quick_reads_finished_runs_back(bench, tmp_path, capsys, monkeypatch):
+    script = bench("full_ablation")
     runs = ["--out", str(tmp_path / "runs")]
     assert script.main(_quick(tmp_path) + runs) == 0
-    text = _read(tmp_path, "data_budget")
-    assert "| 64 |" in text and "| 128 |" in text and "Mean-pose baseline" in text
+    text = _read(tmp_path, "full_ablation")
+    assert "| 64 images |" in text and "| 128 images |" in text and "Mean-pose baseline" in text
     assert all((tmp_path / "runs" / f"images{n}" / "minutes.json").is_file() for n in (64, 128))
 
     def retrain(*args, **kwargs):
