@@ -159,6 +159,22 @@ def add_common_args(
     return parser
 
 
+def add_runs_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--out`` (a folder for the training runs) and ``--reuse`` (read finished runs back)."""
+    parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --out: read rows whose run folder holds a finished run of the same configuration")
+    return parser
+
+
+def parse_runs_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse ``argv``, refusing ``--reuse`` without ``--out``."""
+    args = parser.parse_args(argv)
+    if args.reuse and args.out is None:
+        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
+    return args
+
+
 def setup(args: argparse.Namespace, seed: int = 0) -> torch.device:
     """Apply ``--threads`` and ``--device``, seed torch, and check the timing counts.
 

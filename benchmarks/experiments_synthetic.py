@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, add_runs_args, parse_runs_args, markdown_table, setup, write_results  # noqa: E402
 
 import recurnet  # noqa: E402
 from recurnet_hand.config import RunConfig, config_to_dict, with_overrides  # noqa: E402
@@ -96,12 +96,8 @@ def main(argv=None) -> Path:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's cache; a temp folder with --quick)")
-    parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temp folder)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="with --out: reuse finished runs of the same configuration instead of training again")
-    args = parser.parse_args(argv)
-    if args.reuse and args.out is None:
-        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
+    add_runs_args(parser)
+    args = parse_runs_args(parser, argv)
     if args.quick:
         args.preset, args.train_samples, args.test_samples = "tiny", 32, 16
         args.epochs, args.loop_epochs, args.max_loops = 1, 1, 2

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, add_runs_args, parse_runs_args, markdown_table, setup, write_results  # noqa: E402
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -106,12 +106,8 @@ def train_error(model_path: Path, run: RunConfig, count: int = 500) -> float:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, timing=False)
-    parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="with --out: read rows whose run folder holds a finished run of the same configuration")
-    args = parser.parse_args(argv)
-    if args.reuse and args.out is None:
-        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
+    add_runs_args(parser)
+    args = parse_runs_args(parser, argv)
     device = setup(args)
     rows = QUICK_ROWS if args.quick else ROWS
     out_root = args.out or Path(tempfile.mkdtemp(prefix="full-ablation-"))
@@ -148,7 +144,8 @@ def main(argv=None) -> int:
     body = ("The default run (`recurnet-hand train`) with its other defaults, last loop, 500 held-out test hands "
             "(`stb` viewpoints), seed 0. Test - train: the 3D error on the test set minus that on 500 of the "
             "run's own training images (no augmentation). Minutes: the whole run, rendering into an empty cache "
-            "included (`-`: a run reused from a folder without its timing, such as a run that found part of its images cached).\n\n"
+            "included (`-`: a run reused from a folder without its timing, such as a run that found part of its "
+            "images cached).\n\n"
             + markdown_table(headers, lines, "lrrrrrrr"))
     if baseline is not None:
         body += f"\n\nMean-pose baseline on the same test set: 3D EPE {baseline:.1f} mm.\n"

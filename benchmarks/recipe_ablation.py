@@ -49,7 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, add_runs_args, parse_runs_args, markdown_table, setup, write_results  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -146,15 +146,11 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=10, help="training epochs per row (default 10)")
     parser.add_argument("--train-samples", type=int, default=4000, help="synthetic training images (default 4000)")
     parser.add_argument("--test-samples", type=int, default=500, help="synthetic test images (default 500)")
-    parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="row numbers to run (default all)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="with --out: read rows whose run folder holds a finished run of the same configuration")
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's cache; a temporary one with --quick)")
-    args = parser.parse_args(argv)
-    if args.reuse and args.out is None:
-        parser.error("--reuse needs --out (the folder whose finished runs are reused)")
+    add_runs_args(parser)
+    args = parse_runs_args(parser, argv)
     device = setup(args)
     if args.quick:
         args.epochs, args.train_samples, args.test_samples = 1, 64, 32
@@ -188,7 +184,8 @@ def main(argv=None) -> int:
         body += f"\n\nMean-pose baseline on the same test set: 3D EPE {baseline[0]:.1f} mm, 3D AUC {baseline[1]:.3f}.\n"
     if args.only is None:
         path = write_results("recipe_ablation", "Training recipe ablation (synthetic hands)", body,
-                             results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device, script="recipe_ablation.py", timed=False)
+                             results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device,
+                             script="recipe_ablation.py", timed=False)
         print(f"wrote {path}")
     else:
         print(body)
