@@ -373,7 +373,7 @@ def test_full_ablation_quick_reads_finished_runs_back(bench, tmp_path, capsys, m
     runs = ["--out", str(tmp_path / "runs")]
     assert script.main(_quick(tmp_path) + runs) == 0
     text = _read(tmp_path, "full_ablation")
-    assert "| 64 images |" in text and "| 128 images |" in text and "Mean-pose baseline" in text
+    assert "| 64 images |" in text and "| 128 images |" in text and "mean pose 3D EPE" in text
     assert all((tmp_path / "runs" / f"images{n}" / "minutes.json").is_file() for n in (64, 128))
 
     def retrain(*args, **kwargs):
