@@ -25,6 +25,7 @@ with a header recording the torch version, threads and CPU (or GPU) model.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -173,6 +174,26 @@ def parse_runs_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Name
     if args.reuse and args.out is None:
         parser.error("--reuse needs --out (the folder whose finished runs are reused)")
     return args
+
+
+def write_minutes(folder: Path, minutes: float) -> Path:
+    """Write a run's wall time to ``folder/minutes.json`` (atomically: a killed write leaves no file)."""
+    path = Path(folder) / "minutes.json"
+    tmp = path.with_name(".minutes.json.tmp")
+    tmp.write_text(json.dumps({"minutes": float(minutes)}))
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_json(path: Path) -> dict:
+    """A run's JSON file (``summary.json``, ``minutes.json``); a damaged one raises naming the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: unreadable run file ({err}); delete the run folder to train it again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, found {type(data).__name__}")
+    return data
 
 
 def setup(args: argparse.Namespace, seed: int = 0) -> torch.device:

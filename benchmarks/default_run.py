@@ -20,7 +20,6 @@ Run (about 15 minutes on 2 cores)::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS_DIR, add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import RESULTS_DIR, add_common_args, markdown_table, setup, write_minutes, write_results  # noqa: E402
 
 import recurnet_hand  # noqa: E402
 from recurnet_hand.config import RunConfig, with_overrides  # noqa: E402
@@ -111,7 +110,7 @@ def main(argv=None) -> int:
     summary = train(run, progress=False)
     minutes = (time.perf_counter() - start) / 60
     # The run's wall time beside its results, where benchmarks/full_ablation.py --reuse reads it.
-    (out / "minutes.json").write_text(json.dumps({"minutes": minutes}))
+    write_minutes(out, minutes)
     first, last = summary.loops[0], summary.loops[-1]
     body = [
         f"`recurnet-hand train` with its defaults ({run.model.name} preset, {run.model.crop_size} px, "

@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, add_runs_args, parse_runs_args, markdown_table, setup, write_results  # noqa: E402
+from _common import (add_common_args, add_runs_args, markdown_table, parse_runs_args, read_run_json,  # noqa: E402
+                     setup, write_minutes, write_results)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -85,9 +86,9 @@ def _finished(run: RunConfig, folders) -> tuple[Path, dict] | None:
             continue
         if _comparable(yaml.safe_load(config.read_text()) or {}) != want:
             continue
-        record = json.loads(summary.read_text())
+        record = read_run_json(summary)
         timing = out / "minutes.json"
-        record["minutes"] = json.loads(timing.read_text())["minutes"] if timing.is_file() else None
+        record["minutes"] = read_run_json(timing).get("minutes") if timing.is_file() else None
         return out, record
     return None
 
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
             run = with_overrides(run, {"data.root": str(cache)})
             start = time.perf_counter()
             train(run, progress=False)
-            (folder / "minutes.json").write_text(json.dumps({"minutes": (time.perf_counter() - start) / 60}))
+            write_minutes(folder, (time.perf_counter() - start) / 60)
             found = _finished(run, [folder])
         folder, record = found
         run = with_overrides(run, {"data.root": yaml.safe_load((folder / "config.yaml").read_text())["data"]["root"]})
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
                           "minutes": record["minutes"]}), flush=True)
     headers = ["run", "phase-0 samples", "3D EPE (mm)", "3D AUC 0-50", "2D EPE (% crop)", "palm/back right",
                "test - train 3D EPE (mm)", "mean pose 3D EPE (mm)", "minutes"]
-    body = ("The default run (`recurnet-hand train`) with its other defaults, last loop, 500 held-out test hands "
+    body = (f"The default run (`recurnet-hand train`) with its other defaults, last loop, {run.data.test_samples} "
+            "held-out test hands "
             "(`stb` viewpoints), seed 0 unless the row says, next to the mean pose on the same test set. "
             "Test - train: the 3D error on the test set minus that on 500 of the "
             "run's own training images (no augmentation). Minutes: the whole run, rendering into an empty cache "

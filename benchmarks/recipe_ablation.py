@@ -49,7 +49,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, add_runs_args, parse_runs_args, markdown_table, setup, write_results  # noqa: E402
+from _common import (add_common_args, add_runs_args, markdown_table, parse_runs_args, read_run_json,  # noqa: E402
+                     setup, write_results)
 
 import yaml  # noqa: E402
 
@@ -134,7 +135,7 @@ def _finished(run: RunConfig, root: Path | None = None) -> dict | None:
             continue
         if {**(yaml.safe_load(config.read_text()) or {}), "out_dir": None} != want:
             continue
-        record = json.loads(summary.read_text())
+        record = read_run_json(summary)
         record["minutes"] = (summary.stat().st_mtime - config.stat().st_mtime) / 60
         return record
     return None

@@ -385,3 +385,16 @@ def test_full_ablation_quick_reads_finished_runs_back(bench, tmp_path, capsys, m
     with pytest.raises(SystemExit):
         script.main(["--quick", "--reuse"])
     assert "--reuse needs --out" in capsys.readouterr().err
+
+
+def test_run_files_are_written_whole_and_damaged_ones_are_named(bench, tmp_path):
+    common = bench("_common")
+    path = common.write_minutes(tmp_path, 12.5)
+    assert common.read_run_json(path) == {"minutes": 12.5}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["minutes.json"]  # no temporary file left
+    path.write_text('{"minutes": 1')  # cut short
+    with pytest.raises(ValueError, match="minutes.json: unreadable run file"):
+        common.read_run_json(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object, found list"):
+        common.read_run_json(path)
