@@ -21,6 +21,10 @@ this times, at batch 1 in eval mode under ``torch.inference_mode()``:
 - the fixed-loop network in channels-last memory format (input and weights);
 - the fixed-loop network compiled with ``torch.compile`` (unless ``--no-compile``),
   with the number of graphs dynamo produced (1 = no graph breaks);
+- the dynamic network with :meth:`recurnet.LoopedNet.compile_steps` (its default,
+  dynamo's automatic dynamic shapes: only the batch dimension becomes dynamic) and, with
+  ``--compare-dynamic``, with ``dynamic=True`` (every dimension symbolic), with the
+  seconds the steps took to compile;
 - timm ``resnet18`` and ``mobilenetv3_small_100`` in the same rounds.
 
 Every variant runs once per round, in rounds that alternate their order, so a change in
@@ -73,7 +77,7 @@ class _Variant:
 
 
 def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_backend: str | None,
-                     tau: float) -> list[_Variant]:
+                     tau: float, compare_dynamic: bool = False) -> list[_Variant]:
     from recurnet_hand.model import build_dirnet, preset
 
     torch.manual_seed(0)
@@ -116,13 +120,18 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
                 frozen(x)
             out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights",
                                 lambda: frozen(x), cost.macs_until(net.max_loops), f"{graphs_f[0]} graph(s)"))
-        backend_s, graphs_s = counting_backend(compile_backend)
-        stepped = copy.deepcopy(dynamic).compile_steps((3, size, size), backend=backend_s)
-        stepped.cost_model((3, size, size))
-        stream_s = iter(range(10**9))
-        out.append(_Variant(f"{label}, variance policy (tau {tau:g}), compiled steps, stream of frames",
-                            lambda: stepped(frames[next(stream_s) % len(frames)], count_cost=False),
-                            statistics.fmean(cost.macs_until(s) for s in steps), f"{graphs_s[0]} graph(s)"))
+        for extra in ({}, {"dynamic": True}) if compare_dynamic else ({},):
+            backend_s, graphs_s = counting_backend(compile_backend)
+            start = time.perf_counter()
+            stepped = copy.deepcopy(dynamic).compile_steps((3, size, size), backend=backend_s, **extra)
+            seconds = time.perf_counter() - start
+            stepped.cost_model((3, size, size))
+            stream_s = iter(range(10**9))
+            how = ", dynamic=True" if extra else ""
+            out.append(_Variant(f"{label}, variance policy (tau {tau:g}), compiled steps{how}, stream of frames",
+                                (lambda m=stepped, it=stream_s: m(frames[next(it) % len(frames)], count_cost=False)),
+                                statistics.fmean(cost.macs_until(s) for s in steps),
+                                f"{graphs_s[0]} graph(s), compiled in {seconds:.0f} s"))
     return out
 
 
@@ -183,6 +192,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "frame keeps running, so the row shows the exit decisions' overhead)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
+    parser.add_argument("--compare-dynamic", action="store_true",
+                        help="also time compile_steps(dynamic=True) (every dimension symbolic; minutes to compile)")
     add_common_args(parser, warmup=3, repeats=60, timing=True)
     args = parser.parse_args(argv)
     device = setup(args)
@@ -196,7 +207,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     frames = [torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(args.frames)]
     variants: list[_Variant] = []
     for name in presets:
-        variants += _dirnet_variants(name, size, frames, backend, args.tau)
+        variants += _dirnet_variants(name, size, frames, backend, args.tau, args.compare_dynamic)
     variants += _timm_variants(size, frames[0], backend, ceilings)
     times = {v.name: [] for v in variants}
     with torch.inference_mode():

@@ -111,6 +111,8 @@ ROWS = [
     ("  lr 3e-3", {**DEFAULT, "train.lr": 3e-3}),
     ("  lr 1.2e-2", {**DEFAULT, "train.lr": 1.2e-2}),
     ("  twice the images, half the epochs", {**DEFAULT, "data.train_samples": 8000, "train.epochs": 5}),
+    ("  weight average (EMA decay 0.999)", {**DEFAULT, "train.ema": 0.999}),
+    ("  weight average (EMA decay 0.995)", {**DEFAULT, "train.ema": 0.995}),
 ]
 
 

@@ -177,7 +177,7 @@ class LoopedNet(nn.Module):
         policy and ``exit="compact"``, the batch shrinks between iterations by a data-dependent
         amount, so this compiles the pieces between the decisions instead: the extractor, each
         iteration (refiner, pooling, heads, uncertainty; a function per iteration, since each has
-        its own norms) and the feedback step, all with a dynamic batch dimension. The policy,
+        its own norms) and the feedback step, each with a dynamic batch dimension. The policy,
         the compaction and the bookkeeping stay eager. Each step has a few graphs: one for a batch
         of 1 (which dynamo specialises) and one per range of larger batches that PyTorch's
         convolution picks one kernel for (on CPUs: 2..15 and 16 or more). ``input_shape``
@@ -186,9 +186,15 @@ class LoopedNet(nn.Module):
         inference-mode calls at any batch size compile nothing (``benchmarks/bench_latency.py``
         counts the graphs over batch sizes 1..256).
 
+        By default dynamo's automatic dynamic shapes decide what is dynamic: the warm-up's second
+        batch size makes the batch dimension dynamic and leaves channels and image size static,
+        which compiles faster and runs faster than ``dynamic=True`` (every dimension symbolic;
+        ``benchmarks/results/latency.md`` times both). Images of another size compile once more.
+
         Args:
             input_shape: ``(C, H, W)`` of the images to warm up with (None: compile on first use).
-            **compile_kwargs: passed to :func:`torch.compile` (``dynamic`` defaults to True).
+            **compile_kwargs: passed to :func:`torch.compile` (``dynamic`` defaults to None,
+                dynamo's automatic dynamic shapes).
 
         Returns:
             The network itself. Training-mode calls stay eager. The compiled steps are not part
@@ -200,7 +206,7 @@ class LoopedNet(nn.Module):
             >>> net(torch.rand(3, 3, 32, 32)).exit_step.tolist()
             [1, 1, 1]
         """
-        compile_kwargs.setdefault("dynamic", True)
+        compile_kwargs.setdefault("dynamic", None)
         # Dynamo keeps its graphs per code object, up to a recompile limit (8 by default), and a
         # code object is shared by every network and iteration: give each step its own copy.
         steps = {"extract": self._extract, "next_input": self._next_input,
@@ -365,7 +371,10 @@ class LoopedNet(nn.Module):
         x_in, f_act = feats, feats
         for l in range(last + 1):
             h, predictions, unc = self._iteration(x_in, l)
-            ran[l, active] = True
+            if active.numel() == b:
+                ran[l] = True
+            else:
+                ran[l, active] = True
             iterations.append(_scatter(iterations[-1] if iterations else None, predictions, active, b))
             lv = unc.log_variance if unc is not None else {}
             log_vars.append(_scatter(log_vars[-1] if log_vars else None, lv, active, b))
@@ -482,7 +491,7 @@ class LoopedNet(nn.Module):
 
 
 def _scatter_one(previous: torch.Tensor | None, value: torch.Tensor, active: torch.Tensor, b: int) -> torch.Tensor:
-    if previous is None:  # iteration 0: the whole batch ran
+    if previous is None or active.numel() == b:  # the whole batch ran (iteration 0, or nobody has left)
         return value
     return previous.index_copy(0, active, value)
 

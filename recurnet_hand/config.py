@@ -118,6 +118,8 @@ class ScheduleConfig:
             hands the later phases then barely move the network, and keeping the rate
             (``1.0``, the default) scores better at the same cost
             (``benchmarks/results/experiments_synthetic.md``).
+        ema: decay of the exponential moving average of the weights kept in every phase; each
+            phase ends on the average (:class:`recurnet.training.ema.WeightAverage`). None: off.
         channels_last: train in the channels-last memory format (the same numbers to float
             rounding, a faster training step on CPUs: ``benchmarks/results/train_step.md``).
         precision: ``float32``, ``bfloat16`` (a mixed-precision forward, see
@@ -138,6 +140,7 @@ class ScheduleConfig:
     schedule: str = "cosine"
     grad_clip: float | None = 5.0
     lr_decay: float = 1.0
+    ema: float | None = None
     channels_last: bool = True
     precision: str = "auto"
 
@@ -146,6 +149,8 @@ class ScheduleConfig:
             raise ConfigError(f"train.protocol must be one of {PROTOCOL_NAMES}, got {self.protocol!r}")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay}")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ConfigError(f"train.ema must be a decay in (0, 1) or null, got {self.ema}")
         if self.precision not in ("auto",) + PRECISIONS:
             raise ConfigError(f"train.precision must be one of {('auto',) + PRECISIONS}, got {self.precision!r}")
 

@@ -271,6 +271,7 @@ def _train(run, resume, progress, max_epochs):
         weight_decay=run.train.weight_decay,
         schedule=run.train.schedule,
         grad_clip=run.train.grad_clip,
+        ema=run.train.ema,
         channels_last=run.train.channels_last,
         precision=training_precision(run),
         num_workers=run.data.loader_workers,

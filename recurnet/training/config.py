@@ -65,6 +65,9 @@ class TrainConfig:
             :func:`torch.autocast` in bfloat16 (weights, optimizer and loss stay float32). On
             CPUs with AMX or AVX-512 bf16 and on recent GPUs the step is faster; a setting of
             the result (it must match on resume).
+        ema: keep an exponential moving average of the weights in every phase with this decay
+            (e.g. ``0.999``) and end each phase on the average (:class:`~recurnet.training.ema.WeightAverage`);
+            None: off. Evaluation callbacks inside a phase see the current weights.
         find_unused_parameters: passed to DDP; needed when some trainable parameter gets no
             gradient (e.g. an uncertainty head whose loss weight is 0).
         out_dir: folder for ``metrics.csv``, ``tensorboard/`` and ``checkpoints/last.pt``
@@ -94,6 +97,7 @@ class TrainConfig:
     drop_last: bool = True
     input_key: str = "image"
     precision: str = "float32"
+    ema: float | None = None
     find_unused_parameters: bool = False
     out_dir: str | None = _runtime(None)
     device: str = _runtime("auto")
@@ -115,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be a finite number > 0, got {self.lr}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}")
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and 0 < self.ema < 1):
+            raise ValueError(f"TrainConfig.ema must be a decay in (0, 1) or None, got {self.ema!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         OPTIMIZERS.get(self.optimizer)  # unknown names fail now, listing the known ones

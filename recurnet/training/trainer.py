@@ -37,6 +37,7 @@ from ..output import LoopOutput
 from .checkpoint import CheckpointError, check_config, ensure_writable, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import DistributedContext, current_context, unwrap
+from .ema import WeightAverage
 from .log import MetricLogger, check_tensorboard, make_progress
 from .optim import OPTIMIZERS, SCHEDULES
 from .protocols import Phase, apply_frozen_modes, prepare_phase
@@ -311,9 +312,11 @@ class Trainer:
                         self.config.optimizer, groups, self.config.lr, self.config.weight_decay
                     )
                     scheduler = SCHEDULES.build(self.config.schedule, optimizer, phase.epochs * self.steps_per_epoch)
+                    average = self._weight_average(phase)
                     if state is not None and p == phase_i:
                         if first > 0:
                             self._load_optim(state, optimizer, scheduler, resume)
+                            self._load_average(state, average, resume)
                         set_rng_state(state["rng"])
                     wrapped = self._wrap()
                     for e in range(first, phase.epochs):
@@ -321,15 +324,19 @@ class Trainer:
                             return TrainResult(last[0], last[1], step, False, history, checkpoint)
                         global_epoch = sum(q.epochs for q in self.phases[:p]) + e
                         mean_loss, rate, step = self._epoch(
-                            wrapped, phase, e, global_epoch, optimizer, scheduler, step, logger, progress, checkpoint
+                            wrapped, phase, e, global_epoch, optimizer, scheduler, step, logger, progress, checkpoint,
+                            average,
                         )
+                        if average is not None and e + 1 == phase.epochs:
+                            average.copy_to(unwrap(self.model))  # the phase ends on its averaged weights
                         info = EpochInfo(p, e + 1, global_epoch + 1, step, phase.loops, mean_loss)
                         metrics = {"train/epoch_loss": mean_loss, "train/samples_per_s": rate}
                         for callback in self.callbacks:
                             metrics.update(callback(self, info) or {})
                         logger.log(metrics, step=step, phase=p, epoch=e + 1)
                         history.append({"phase": p, "epoch": e + 1, **metrics})
-                        checkpoint = self._save(p, e + 1, step, global_epoch + 1, optimizer, scheduler, metrics)
+                        checkpoint = self._save(p, e + 1, step, global_epoch + 1, optimizer, scheduler, metrics,
+                                                average)
                         last = (p, e + 1)
                         run_epochs += 1
                     del wrapped
@@ -338,7 +345,8 @@ class Trainer:
         return TrainResult(last[0], last[1], step, True, history, checkpoint)
 
     # ------------------------------------------------------------------ one epoch
-    def _epoch(self, wrapped, phase, epoch, global_epoch, optimizer, scheduler, step, logger, progress, checkpoint):
+    def _epoch(self, wrapped, phase, epoch, global_epoch, optimizer, scheduler, step, logger, progress, checkpoint,
+               average=None):
         cfg = self.config
         self.model.train()
         apply_frozen_modes(self.model, phase)
@@ -369,6 +377,8 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                average.update(unwrap(self.model))
             step += 1
             total_loss += value
             samples += images.shape[0]
@@ -429,7 +439,26 @@ class Trainer:
             self.model, device_ids=ids, find_unused_parameters=self.config.find_unused_parameters
         )
 
-    def _save(self, phase, epoch, step, global_epoch, optimizer, scheduler, metrics) -> Path | None:
+    def _weight_average(self, phase: Phase) -> WeightAverage | None:
+        """A fresh weight average over what ``phase`` trains (None without ``config.ema``)."""
+        if self.config.ema is None:
+            return None
+        self.model.train()
+        apply_frozen_modes(self.model, phase)
+        return WeightAverage(unwrap(self.model), self.config.ema)
+
+    @staticmethod
+    def _load_average(state, average, path) -> None:
+        if average is None:
+            return
+        if state.get("ema") is None:
+            raise CheckpointError(f"checkpoint {path} holds no weight average, but this run keeps one (ema)")
+        try:
+            average.load_state_dict(state["ema"])
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint {path}: {e}") from e
+
+    def _save(self, phase, epoch, step, global_epoch, optimizer, scheduler, metrics, average=None) -> Path | None:
         if self.checkpoint_path is None or not self.context.is_main:
             return self.checkpoint_path
         return save_checkpoint(
@@ -443,6 +472,7 @@ class Trainer:
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "rng": rng_state(),
+                "ema": average.state_dict() if average is not None else None,
                 "data": {"seed": self.config.seed, "epoch": global_epoch},
                 "metrics": {k: float(v) for k, v in metrics.items()},
             },

@@ -28,6 +28,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         ({"train": {"lr": "fast"}}, "train.lr: expected a finite number"),
         ({"train": {"lr": float("nan")}}, "train.lr: expected a finite number"),
         ({"train": {"precision": "int4"}}, "train.precision must be one of"),
+        ({"train": {"ema": 1.0}}, "train.ema must be a decay in (0, 1)"),
         ({"data": {"loader_workers": -1}}, "data.loader_workers must be an integer >= 0"),
         ({"loss": {"kind_3d": "huber"}}, "loss.kind_3d must be one of"),
     ],

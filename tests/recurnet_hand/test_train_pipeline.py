@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from recurnet_hand.config import RunConfig, with_overrides
 from recurnet_hand.train import train
@@ -18,11 +19,14 @@ def tiny_run(tmp_path):
     })
 
 
-def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
-    run = tiny_run(tmp_path)
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_a_stopped_run_resumes_where_it_stopped(tmp_path, ema):
+    run = with_overrides(tiny_run(tmp_path), {"train.ema": ema})
     out = tmp_path / "run"
     assert train(run, progress=False, max_epochs=1) is None  # time-boxed: one epoch, no gate or evaluation
     assert (out / "checkpoints" / "last.pt").is_file() and not (out / "model.pt").exists()
+    stored = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["ema"]
+    assert (stored is None) == (ema is None)  # the weight average travels with the checkpoint
 
     summary = train(run, resume=out / "checkpoints" / "last.pt", progress=False)
     assert summary.model_path == out / "model.pt" and summary.model_path.is_file()
