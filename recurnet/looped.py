@@ -33,7 +33,7 @@ from torch import nn
 
 from .cost import ComponentCost, CostModel, count_macs, count_params
 from .feedback import FEEDBACK, Feedback
-from .heads import HeadSpec, UncertaintyHead, UncertaintyOutput, build_heads, run_heads
+from .heads import HeadSpec, UncertaintyHead, build_heads, run_heads
 from .norms import EntryNorm, IterationIndex, PerIterationNorm, convert_norms
 from .output import LoopOutput
 from .policies import POLICIES, ExitPolicy, LoopState, check_decision
@@ -175,10 +175,11 @@ class LoopedNet(nn.Module):
 
         ``torch.compile`` of the whole forward suits ``exit="all"`` (one graph). With a
         policy and ``exit="compact"``, the batch shrinks between iterations by a data-dependent
-        amount, so this compiles the pieces between the decisions instead: the extractor, each
-        iteration (refiner, pooling, heads, uncertainty; a function per iteration, since each has
-        its own norms) and the feedback step, each with a dynamic batch dimension. The policy,
-        the compaction and the bookkeeping stay eager. Each step has a few graphs: one for a batch
+        amount, so this compiles the pieces between two decisions instead: the extractor with
+        iteration 0, and for every later iteration the feedback step with that iteration (refiner,
+        pooling, heads, uncertainty; a function per iteration, since each has its own norms),
+        each with a dynamic batch dimension. The policy, the compaction and the bookkeeping stay
+        eager. Each step has a few graphs: one for a batch
         of 1 (which dynamo specialises) and one per range of larger batches that PyTorch's
         convolution picks one kernel for (on CPUs: 2..15 and 16 or more). ``input_shape``
         compiles them all now, at the batch sizes :data:`WARM_UP_BATCHES` and under
@@ -209,8 +210,7 @@ class LoopedNet(nn.Module):
         compile_kwargs.setdefault("dynamic", None)
         # Dynamo keeps its graphs per code object, up to a recompile limit (8 by default), and a
         # code object is shared by every network and iteration: give each step its own copy.
-        steps = {"extract": self._extract, "next_input": self._next_input,
-                 **{("iteration", l): self._iteration_body for l in range(self.max_loops + 1)}}
+        steps = {"start": self._start, **{("advance", l): self._advance for l in range(1, self.max_loops + 1)}}
         self.__dict__["_steps"] = {key: torch.compile(_own_code(fn, key), **compile_kwargs)
                                    for key, fn in steps.items()}
         if input_shape is not None:
@@ -234,12 +234,9 @@ class LoopedNet(nn.Module):
             self.train(was_training)
 
     def _warm_up_one(self, x: torch.Tensor) -> None:
-        feats = self._step("extract", self._extract)(x)
-        x_in = feats
-        for l in range(self.max_loops + 1):
-            h, *_ = self._iteration(x_in, l)
-            if l < self.max_loops:
-                x_in, _ = self._step("next_input", self._next_input)(feats, h)
+        feats, h, *_ = self._first(x)
+        for l in range(1, self.max_loops + 1):
+            h, *_ = self._next(feats, h, l)
 
     def eager_steps(self) -> LoopedNet:
         """Drop the steps compiled by :meth:`compile_steps`; returns the network."""
@@ -257,14 +254,25 @@ class LoopedNet(nn.Module):
         return default if steps is None or self.training else steps[name]
 
     # ------------------------------------------------------------------ forward
-    def _iteration(self, x_in: torch.Tensor, iteration: int):
-        self._index.value = iteration
-        h, predictions, log_variance, features = self._step(("iteration", iteration), self._iteration_body)(x_in)
-        unc = UncertaintyOutput(features, log_variance) if self.uncertainty is not None else None
-        return h, predictions, unc
+    # The steps between exit decisions: the extractor with iteration 0, then for every later
+    # iteration the feedback with the iteration. Compiled, each is one graph (compile_steps).
+    def _first(self, x: torch.Tensor):
+        """``(feats, h, predictions, log_variance, features)`` of the extractor and iteration 0."""
+        self._index.value = 0
+        return self._step("start", self._start)(x)
 
-    def _extract(self, x: torch.Tensor) -> torch.Tensor:
-        return self.extractor(x)
+    def _next(self, feats: torch.Tensor, h: torch.Tensor, iteration: int):
+        """``(h, predictions, log_variance, features, signal)`` of iteration ``iteration`` (>= 1)."""
+        self._index.value = iteration
+        return self._step(("advance", iteration), self._advance)(feats, h)
+
+    def _start(self, x: torch.Tensor):
+        feats = self.extractor(x)
+        return (feats, *self._iteration_body(feats))
+
+    def _advance(self, feats: torch.Tensor, h: torch.Tensor):
+        x_in, signal = self._next_input(feats, h)
+        return (*self._iteration_body(x_in), signal)
 
     def _iteration_body(self, x_in: torch.Tensor):
         h = self.refiner(x_in)
@@ -322,16 +330,17 @@ class LoopedNet(nn.Module):
         self._check_input(x)
         cost = self.cost_model(tuple(x.shape[1:]), loops=last) if count_cost or self._needs_cost() else None
         try:
-            feats = self._step("extract", self._extract)(x)
+            first = self._first(x)
+            feats = first[0]
             auxiliary = {}
             # Auxiliary heads follow their own mode: a protocol that freezes them (eval mode) skips them.
             if len(self.auxiliary) and (self.auxiliary.training if return_auxiliary is None else return_auxiliary):
                 f_map = self.adapter.to_map(feats)
                 auxiliary = {name: head(f_map) for name, head in self.auxiliary.items()}
             if mode == "compact" and self.policy is not None and last > 0:
-                out = self._run_compact(feats, last, cost, generator, return_feedback)
+                out = self._run_compact(first, last, cost, generator, return_feedback)
             else:
-                out = self._run_all(feats, last, return_feedback)
+                out = self._run_all(first, last, return_feedback)
                 if mode != "all" and self.policy is not None:
                     exit_step = simulate_exits(out, self.policy, cost=cost, generator=generator)
                     out = _apply_exits(out, exit_step)
@@ -345,40 +354,42 @@ class LoopedNet(nn.Module):
     def _needs_cost(self) -> bool:
         return bool(getattr(self.policy, "needs_cost", False))
 
-    def _run_all(self, feats: torch.Tensor, last: int, return_feedback: bool) -> LoopOutput:
-        iterations, log_vars, features, signals = [], [], [], [None]
-        x_in = feats
-        for l in range(last + 1):
-            h, predictions, unc = self._iteration(x_in, l)
+    def _run_all(self, first, last: int, return_feedback: bool) -> LoopOutput:
+        feats, h, predictions, log_variance, feature = first
+        iterations, log_vars, features, signals = [predictions], [log_variance or {}], [feature], [None]
+        for l in range(1, last + 1):
+            h, predictions, log_variance, feature, signal = self._next(feats, h, l)
             iterations.append(predictions)
-            log_vars.append(unc.log_variance if unc is not None else {})
-            features.append(unc.features if unc is not None else None)
-            if l < last:
-                x_in, signal = self._step("next_input", self._next_input)(feats, h)
-                signals.append(signal if return_feedback else None)
+            log_vars.append(log_variance or {})
+            features.append(feature)
+            signals.append(signal if return_feedback else None)
         b = feats.shape[0]
         exit_step = torch.full((b,), last, dtype=torch.long, device=feats.device)
         ran = torch.ones(last + 1, b, dtype=torch.bool, device=feats.device)
         return LoopOutput(iterations, log_vars, features, exit_step, ran, feedback=signals if return_feedback else [])
 
-    def _run_compact(self, feats, last, cost, generator, return_feedback) -> LoopOutput:
+    def _run_compact(self, first, last, cost, generator, return_feedback) -> LoopOutput:
+        feats, h, predictions, lv, feat = first
         b = feats.shape[0]
         device = feats.device
         active = torch.arange(b, device=device)
         exit_step = torch.full((b,), last, dtype=torch.long, device=device)
         ran = torch.zeros(last + 1, b, dtype=torch.bool, device=device)
         iterations, log_vars, features, signals = [], [], [], [None]
-        x_in, f_act = feats, feats
+        f_act = feats
         for l in range(last + 1):
-            h, predictions, unc = self._iteration(x_in, l)
+            if l > 0:
+                h, predictions, lv, feat, signal = self._next(f_act, h, l)
+                if return_feedback:
+                    full = signal.new_zeros((b, *signal.shape[1:]))
+                    signals.append(full.index_copy(0, active, signal))
+            lv = lv or {}
             if active.numel() == b:
                 ran[l] = True
             else:
                 ran[l, active] = True
             iterations.append(_scatter(iterations[-1] if iterations else None, predictions, active, b))
-            lv = unc.log_variance if unc is not None else {}
             log_vars.append(_scatter(log_vars[-1] if log_vars else None, lv, active, b))
-            feat = unc.features if unc is not None else None
             features.append(None if feat is None else _scatter_one(features[-1] if features else None, feat, active, b))
             if l == last:
                 break
@@ -390,10 +401,6 @@ class LoopedNet(nn.Module):
                 active, h, f_act = active[stay], h[stay], f_act[stay]
             if active.numel() == 0:
                 break
-            x_in, signal = self._step("next_input", self._next_input)(f_act, h)
-            if return_feedback:
-                full = signal.new_zeros((b, *signal.shape[1:]))
-                signals.append(full.index_copy(0, active, signal))
         while len(iterations) < last + 1:  # everyone left early: later iterations repeat the exits
             iterations.append(iterations[-1])
             log_vars.append(log_vars[-1])
