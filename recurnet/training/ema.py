@@ -41,7 +41,10 @@ class WeightAverage:
 
     Args:
         model: the network, with ``requires_grad`` and ``train()``/``eval()`` set as the phase
-            trains it (what is tracked is fixed here).
+            trains it. What is tracked is fixed here, and the average keeps references to those
+            tensors: optimizer steps and ``load_state_dict`` change them in place, which
+            :meth:`update` then sees; moving the network to another device or memory format
+            replaces them, so build the average after that.
         decay: the largest ``d_t``, in ``(0, 1)``; ``0.999`` averages about the last 1000 steps.
 
     Examples:
@@ -51,8 +54,8 @@ class WeightAverage:
         >>> avg = WeightAverage(net, decay=0.9)
         >>> with torch.no_grad():
         ...     _ = net.bias.fill_(1.0)
-        >>> avg.update(net)  # the first update moves 1 - 2/11 of the way
-        >>> avg.copy_to(net)
+        >>> avg.update()  # the first update moves 1 - 2/11 of the way
+        >>> avg.copy_to()
         >>> round(net.bias.item(), 3)
         0.818
     """
@@ -62,9 +65,11 @@ class WeightAverage:
             raise ValueError(f"the weight-average decay must be in (0, 1), got {decay}")
         self.decay = float(decay)
         self.steps = 0
-        self.names = sorted(_tracked(model))
         tracked = _tracked(model)
-        self.average = {name: tracked[name].detach().clone() for name in self.names}
+        self.names = sorted(tracked)
+        self._current = [tracked[name] for name in self.names]
+        self.average = {name: t.detach().clone() for name, t in zip(self.names, self._current)}
+        self._averages = [self.average[name] for name in self.names]
 
     def rate(self) -> float:
         """The decay ``d_t`` the next update uses."""
@@ -72,21 +77,17 @@ class WeightAverage:
         return min(self.decay, (1.0 + t) / (10.0 + t))
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average towards ``model``'s current weights (after an optimizer step)."""
-        current = _tracked(model)
-        weight = 1.0 - self.rate()
-        averages = [self.average[n] for n in self.names]
-        torch._foreach_lerp_(averages, [current[n].detach() for n in self.names], weight)
+    def update(self) -> None:
+        """Move the average towards the network's current weights (after an optimizer step)."""
+        if self._current:
+            torch._foreach_lerp_(self._averages, self._current, 1.0 - self.rate())
         self.steps += 1
 
     @torch.no_grad()
-    def copy_to(self, model: nn.Module) -> None:
-        """Write the average into ``model``'s tensors (in place, keeping their memory formats)."""
-        state = dict(model.named_parameters())
-        state.update(dict(model.named_buffers()))
-        for name in self.names:
-            state[name].copy_(self.average[name])
+    def copy_to(self) -> None:
+        """Write the average into the network's tensors (in place, keeping their memory formats)."""
+        if self._current:
+            torch._foreach_copy_(self._current, self._averages)
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint stores to continue the average exactly."""

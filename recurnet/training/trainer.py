@@ -328,7 +328,7 @@ class Trainer:
                             average,
                         )
                         if average is not None and e + 1 == phase.epochs:
-                            average.copy_to(unwrap(self.model))  # the phase ends on its averaged weights
+                            average.copy_to()  # the phase ends on its averaged weights
                         info = EpochInfo(p, e + 1, global_epoch + 1, step, phase.loops, mean_loss)
                         metrics = {"train/epoch_loss": mean_loss, "train/samples_per_s": rate}
                         for callback in self.callbacks:
@@ -378,7 +378,7 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             if average is not None:
-                average.update(unwrap(self.model))
+                average.update()
             step += 1
             total_loss += value
             samples += images.shape[0]

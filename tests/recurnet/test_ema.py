@@ -21,10 +21,10 @@ def test_update_follows_the_warmed_up_decay_and_copy_writes_the_average():
             net.weight.add_(0.01)
         d = min(0.95, (1 + t) / (10 + t))
         expected = d * expected + (1 - d) * net.weight.detach()
-        avg.update(net)
+        avg.update()
     assert avg.steps == 399 and avg.rate() == 0.95
     current = net.weight.detach().clone()
-    avg.copy_to(net)
+    avg.copy_to()
     assert torch.allclose(net.weight, expected, atol=1e-6)
     assert (net.weight < current).all() and (net.weight > start).all()  # it lags the drifting weights
 
@@ -43,7 +43,7 @@ def test_only_trainable_parameters_and_train_mode_norm_statistics_are_tracked():
 def test_state_round_trip_and_mismatch_errors():
     net = nn.Linear(2, 2)
     avg = WeightAverage(net, 0.9)
-    avg.update(net)
+    avg.update()
     other = WeightAverage(nn.Linear(2, 2), 0.5)
     other.load_state_dict(avg.state_dict())
     assert other.steps == 1 and other.decay == 0.9
