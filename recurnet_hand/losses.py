@@ -57,6 +57,9 @@ class LossConfig:
         weight_heatmap: squared error of the training-only 2D heatmaps (summed over each
             map, averaged over joints), when the model has the heatmap head.
         heatmap_sigma: standard deviation of the target Gaussians, in heatmap cells.
+        weight_location: squared error (in 3D units) of the training-only location maps, when
+            the model has them: each joint's root-relative 3D position, read around the joint
+            with its target heatmap as the weight (summed over the map, averaged over joints).
         weight_articulation: error (of ``kind_3d``) of the predicted joints in the hand's own
             frame (before the global rotation, MANO head only) against the labels turned into
             that frame by the labelled rotation, where the data know it (synthetic hands). It
@@ -84,6 +87,7 @@ class LossConfig:
     weight_rotation: float = 0.0
     weight_heatmap: float = 3.0
     heatmap_sigma: float = 1.0
+    weight_location: float = 1.0
     weight_articulation: float = 1.0
     weight_pose: float = 0.001
     weight_shape: float = 0.001
@@ -101,7 +105,7 @@ class LossConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value}")
-        for name in ("weight_heatmap", "weight_articulation"):
+        for name in ("weight_heatmap", "weight_location", "weight_articulation"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
@@ -195,17 +199,37 @@ class HandLoss(nn.Module):
         self.loop_loss = LoopLoss(terms, loop_weights)
 
     def forward(self, output: LoopOutput, batch: Mapping[str, torch.Tensor]) -> LoopLossOutput:
-        result = self.loop_loss(output, add_hand_targets(batch, output))
+        targets = add_hand_targets(batch, output)
+        result = self.loop_loss(output, targets)
+        c = self.config
         maps = output.auxiliary.get("heatmaps")
-        if maps is None or self.config.weight_heatmap == 0:
-            return result
-        return self._with_heatmaps(result, maps, batch)
+        if maps is not None and c.weight_heatmap > 0:
+            result = self._add(result, "heatmap", c.weight_heatmap, self._heatmap_error(maps, batch))
+        locations = output.auxiliary.get("location_maps")
+        if locations is not None and c.weight_location > 0:
+            result = self._add(result, "location", c.weight_location, self._location_error(locations, targets))
+        return result
 
-    def _with_heatmaps(self, result: LoopLossOutput, maps: torch.Tensor, batch) -> LoopLossOutput:
-        target = joint_heatmaps(batch["joints2d"].to(maps.dtype), self.crop_size, tuple(maps.shape[-2:]),
-                                self.config.heatmap_sigma)
-        valid = batch["has_2d"].to(maps.device).bool()
+    @staticmethod
+    def _add(result: LoopLossOutput, name: str, weight: float, value: torch.Tensor) -> LoopLossOutput:
+        task = {**result.task, name: value.detach().reshape(1)}
+        return replace(result, total=result.total + weight * value, task=task)
+
+    def _targets(self, batch, shape: tuple[int, int], dtype: torch.dtype):
+        """Target heatmaps ``(B, J, h, w)`` and which samples have 2D labels ``(B,)``."""
+        target = joint_heatmaps(batch["joints2d"].to(dtype), self.crop_size, shape, self.config.heatmap_sigma)
+        return target, batch["has_2d"].to(target.device).bool()
+
+    def _heatmap_error(self, maps: torch.Tensor, batch) -> torch.Tensor:
+        target, valid = self._targets(batch, tuple(maps.shape[-2:]), maps.dtype)
         per_joint = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
-        value = per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
-        task = {**result.task, "heatmap": value.detach().reshape(1)}
-        return replace(result, total=result.total + self.config.weight_heatmap * value, task=task)
+        return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
+
+    def _location_error(self, locations: torch.Tensor, targets) -> torch.Tensor:
+        locations = locations.float()
+        weight, valid = self._targets(targets, tuple(locations.shape[-2:]), locations.dtype)
+        valid = valid & targets["has_3d"].to(valid.device).bool()
+        truth = targets["joints3d_rel"].to(locations) / self.config.unit_3d_mm  # (B, J, 3)
+        error = (locations - truth[..., None, None]).square().sum(2)  # (B, J, h, w)
+        per_joint = torch.where(valid.view(-1, 1, 1, 1), weight * error, torch.zeros_like(error)).sum((-1, -2))
+        return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)

@@ -47,6 +47,7 @@ __all__ = [
     "ManoPoseHead",
     "DirectPoseHead",
     "HeatmapHead",
+    "LocationMapHead",
     "ImageNormalize",
     "build_dirnet",
     "mesh_outputs",
@@ -82,6 +83,8 @@ class DIRNetConfig:
             normalised errors, see :class:`recurnet_hand.losses.LossConfig`).
         heatmaps: add the training-only dense 2D head (:class:`HeatmapHead`) on the extractor
             features; it is not run at inference and adds no inference cost.
+        location_maps: add the training-only dense 3D head (:class:`LocationMapHead`) on the
+            extractor features; like the heatmaps, it is dropped at inference.
         norms: per-iteration norm mode (see :data:`recurnet.looped.NORM_MODES`).
         crop_size: input crop size in pixels.
     """
@@ -101,6 +104,7 @@ class DIRNetConfig:
     log_var_bound: float | None = 10.0
     log_var_init: float = -2.0
     heatmaps: bool = True
+    location_maps: bool = False
     norms: str = "all"
     crop_size: int = 224
 
@@ -292,6 +296,35 @@ class HeatmapHead(nn.Module):
         return self.body(features)
 
 
+class LocationMapHead(nn.Module):
+    """Training-only dense 3D head: extractor features ``(B, C, h, w)`` -> ``(B, 21, 3, h, w)`` location maps.
+
+    Every cell predicts the root-relative 3D position of every joint (camera orientation,
+    in the loss's 3D units). The loss reads each joint's maps where its target heatmap is
+    high (:meth:`recurnet_hand.losses.HandLoss`), so the cells around a joint learn that
+    joint's position relative to the wrist, its depth included: a dense signal for how
+    the hand is turned, to the same early stages the heatmaps supervise. :func:`build_dirnet`
+    attaches it as an auxiliary head, which only runs in training mode.
+
+    Args:
+        in_channels: ``C``.
+        hidden: width of the 3x3 convolution.
+        joints: number of joints.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
+        super().__init__()
+        self.joints = joints
+        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, 3 * joints, 1))
+        nn.init.zeros_(self.body[-1].weight)  # start at every joint on the wrist
+        nn.init.zeros_(self.body[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        maps = self.body(features)
+        return maps.unflatten(1, (self.joints, 3))
+
+
 @contextlib.contextmanager
 def mesh_outputs(net: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
     """Within the block, every :class:`ManoPoseHead` of ``net`` also returns ``vertices``.
@@ -349,6 +382,15 @@ HEADS: dict[str, Callable[[DIRNetConfig], Callable[[int], nn.Module]]] = {
 }
 
 
+def _auxiliary_heads(config: DIRNetConfig) -> dict[str, Callable[[int], nn.Module]]:
+    heads = {}
+    if config.heatmaps:
+        heads["heatmaps"] = HeatmapHead
+    if config.location_maps:
+        heads["location_maps"] = LocationMapHead
+    return heads
+
+
 def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet.LoopedNet:
     """Build DIR-Net: IR9 cut at the loop point, looped, with the pose predictor and uncertainty heads.
 
@@ -380,7 +422,7 @@ def build_dirnet(config: DIRNetConfig | str = "stb", *, policy=None) -> recurnet
         heads={"pose": HEADS[config.head](config)},
         uncertainty={"joints2d": (NUM_JOINTS, 1), "joints3d": (NUM_JOINTS, 1)},
         uncertainty_hidden=config.uncertainty_hidden,
-        auxiliary={"heatmaps": HeatmapHead} if config.heatmaps else None,
+        auxiliary=_auxiliary_heads(config) or None,
         log_var_bound=config.log_var_bound,
         log_var_init=config.log_var_init,
         norms=config.norms,

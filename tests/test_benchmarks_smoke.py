@@ -289,6 +289,8 @@ def test_recipe_ablation_quick(bench, tmp_path, capsys, monkeypatch):
     assert script.main(_quick(tmp_path) + runs) == 0
     text = capsys.readouterr().out
     assert "| old recipe |" in text and "| + heatmap weight 3 |" in text and "Mean-pose baseline" in text
+    selected = _read(tmp_path, "recipe_ablation_selected")  # a subset never overwrites the full table
+    assert "| old recipe |" in selected and not (tmp_path / "recipe_ablation.md").exists()
 
     def retrain(*args, **kwargs):
         raise AssertionError("--reuse must read the finished runs back")

@@ -330,7 +330,8 @@ def test_restarting_from_trained_weights_keeps_the_loss_bounded(tmp_path):
 
 
 @pytest.mark.parametrize(("field", "value"), [("unit_3d_mm", 0.0), ("unit_2d", -1.0), ("heatmap_sigma", 0.0),
-                                              ("weight_heatmap", -1.0), ("unit_3d_mm", float("nan"))])
+                                              ("weight_heatmap", -1.0), ("weight_location", -1.0),
+                                              ("unit_3d_mm", float("nan"))])
 def test_bad_loss_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=f"loss.{field}"):
         LossConfig(**{field: value})

@@ -1,5 +1,7 @@
 """IR9 backbone, DIR-Net presets and pose heads."""
 
+from dataclasses import replace
+
 import pytest
 import timm
 import torch
@@ -7,7 +9,8 @@ import torch
 import recurnet
 from recurnet_hand import build_dirnet, preset
 from recurnet_hand.backbones import LOOP_POINTS, loop_point_stage
-from recurnet_hand.model import DirectPoseHead, ManoPoseHead
+from recurnet_hand.losses import HandLoss, joint_heatmaps
+from recurnet_hand.model import DirectPoseHead, LocationMapHead, ManoPoseHead
 
 
 @pytest.mark.parametrize("name,width", [("ir9_32", 32), ("ir9_16", 16)])
@@ -131,3 +134,48 @@ def test_mano_head_poses_in_float32_under_bfloat16_autocast():
     assert got["joints3d"].dtype == got["joints2d"].dtype == torch.float32
     # the backbone ran in bfloat16; the pose (near the mean hand at initialisation) barely moves
     torch.testing.assert_close(got["joints3d"], want["joints3d"], atol=1.0, rtol=0.05)
+
+
+def _location_batch(n: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"joints2d": torch.rand(n, 21, 2, generator=g) * 96, "joints3d": torch.randn(n, 21, 3, generator=g) * 50,
+            "has_2d": torch.ones(n, dtype=torch.bool), "has_3d": torch.ones(n, dtype=torch.bool)}
+
+
+def test_location_maps_train_only_and_reach_the_extractor():
+    net = build_dirnet(preset("tiny", max_loops=1, location_maps=True))
+    head = net.auxiliary["location_maps"]
+    assert isinstance(head, LocationMapHead)
+    assert head.body[-1].weight.abs().sum() == 0  # starts at every joint on the wrist
+    torch.nn.init.normal_(head.body[-1].weight)
+    out = net.train()(torch.rand(2, 3, 96, 96))
+    assert out.auxiliary["location_maps"].shape == (2, 21, 3, 12, 12)
+    net.zero_grad()
+    out.auxiliary["location_maps"].square().mean().backward()
+    assert net.extractor.body[0].weight.grad.abs().sum() > 0
+    assert net.eval()(torch.rand(2, 3, 96, 96)).auxiliary == {}  # dropped at inference
+
+
+def test_location_loss_reads_each_joint_around_its_heatmap():
+    net = build_dirnet(preset("tiny", max_loops=0, location_maps=True)).train()
+    out = net(torch.rand(3, 3, 96, 96))
+    batch = _location_batch()
+    loss = HandLoss(crop_size=96)
+    rel = (batch["joints3d"] - batch["joints3d"][:, :1]) / 100.0
+    # Maps that hold the true root-relative position everywhere cost nothing.
+    out.auxiliary["location_maps"] = rel[..., None, None].expand(3, 21, 3, 12, 12).clone().requires_grad_()
+    assert loss(out, batch).task["location"].item() == pytest.approx(0.0, abs=1e-10)
+    # One unit off in one coordinate costs the target heatmap's mass, averaged over joints.
+    maps = rel[..., None, None].expand(3, 21, 3, 12, 12).clone()
+    maps[:, :, 2] += 1.0
+    out.auxiliary["location_maps"] = maps
+    mass = joint_heatmaps(batch["joints2d"], 96, (12, 12)).sum((-1, -2)).mean()
+    assert loss(out, batch).task["location"].item() == pytest.approx(mass.item(), rel=1e-5)
+    # Samples without 3D labels do not count.
+    batch["has_3d"][0] = False
+    maps[0] += 100.0
+    mass = joint_heatmaps(batch["joints2d"][1:], 96, (12, 12)).sum((-1, -2)).mean()
+    assert loss(out, batch).task["location"].item() == pytest.approx(mass.item(), rel=1e-5)
+    # Weight 0 drops the term.
+    off = HandLoss(replace(loss.config, weight_location=0.0), crop_size=96)(out, batch)
+    assert "location" not in off.task
