@@ -184,7 +184,8 @@ def main(argv=None) -> int:
         print(json.dumps({"row": i, "label": label, **r.__dict__, "minutes": minutes}), flush=True)
     headers = ["recipe", "3D EPE (mm)", "3D AUC 0-50", "2D EPE (% crop)", "palm/back right",
                "rank corr(var, err)", "minutes"]
-    body = (f"Proxy: `cpu` preset (IR9 width 16, 96 px unless stated), loop 0 only, {args.epochs} epochs over "
+    body = (f"Proxy: `cpu` preset (96 px unless stated; IR9 width 16 in the rows above `+ IR9 width 32`, "
+            f"32 from there on), loop 0 only, {args.epochs} epochs over "
             f"{args.train_samples} synthetic training images, seed 0, evaluated on {args.test_samples} held-out "
             f"test images (`stb` viewpoints). Minutes: training and evaluation of the row (the data ready).\n\n"
             + markdown_table(headers, lines))
