@@ -301,7 +301,7 @@ class LocationMapHead(nn.Module):
 
     Every cell predicts the root-relative 3D position of every joint (camera orientation,
     in the loss's 3D units). The loss reads each joint's maps where its target heatmap is
-    high (:meth:`recurnet_hand.losses.HandLoss`), so the cells around a joint learn that
+    high (:class:`recurnet_hand.losses.HandLoss`), so the cells around a joint learn that
     joint's position relative to the wrist, its depth included: a dense signal for how
     the hand is turned, to the same early stages the heatmaps supervise. :func:`build_dirnet`
     attaches it as an auxiliary head, which only runs in training mode.
