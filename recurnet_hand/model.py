@@ -270,6 +270,15 @@ class DirectPoseHead(nn.Module):
         }
 
 
+def _dense_head(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU, then a 1x1 convolution that starts at zero output."""
+    body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                         nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1))
+    nn.init.zeros_(body[-1].weight)
+    nn.init.zeros_(body[-1].bias)
+    return body
+
+
 class HeatmapHead(nn.Module):
     """Training-only dense 2D head: extractor features ``(B, C, h, w)`` -> ``(B, 21, h, w)`` joint heatmaps.
 
@@ -287,10 +296,7 @@ class HeatmapHead(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, joints, 1))
-        nn.init.zeros_(self.body[-1].weight)  # start at empty maps: the loss starts at the targets' energy
-        nn.init.zeros_(self.body[-1].bias)
+        self.body = _dense_head(in_channels, hidden, joints)  # starts at empty maps: the loss at the targets' energy
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
@@ -315,10 +321,7 @@ class LocationMapHead(nn.Module):
     def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
         super().__init__()
         self.joints = joints
-        self.body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(inplace=True), nn.Conv2d(hidden, 3 * joints, 1))
-        nn.init.zeros_(self.body[-1].weight)  # start at every joint on the wrist
-        nn.init.zeros_(self.body[-1].bias)
+        self.body = _dense_head(in_channels, hidden, 3 * joints)  # starts at every joint on the wrist
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         maps = self.body(features)
