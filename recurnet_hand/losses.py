@@ -59,7 +59,8 @@ class LossConfig:
         heatmap_sigma: standard deviation of the target Gaussians, in heatmap cells.
         weight_location: squared error (in 3D units) of the training-only location maps, when
             the model has them: each joint's root-relative 3D position, read around the joint
-            with its target heatmap as the weight (summed over the map, averaged over joints).
+            with its target heatmap as the weight (summed over the map, averaged over joints and
+            over the samples that have both 2D and 3D labels).
         weight_articulation: error (of ``kind_3d``) of the predicted joints in the hand's own
             frame (before the global rotation, MANO head only) against the labels turned into
             that frame by the labelled rotation, where the data know it (synthetic hands). It
