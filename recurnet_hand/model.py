@@ -22,6 +22,7 @@ root-relative 3D joints directly and projects them the same way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -83,6 +84,9 @@ class DIRNetConfig:
             normalised errors, see :class:`recurnet_hand.losses.LossConfig`).
         heatmaps: add the training-only dense 2D head (:class:`HeatmapHead`) on the extractor
             features; it is not run at inference and adds no inference cost.
+        heatmap_upsample: resolution of the training-only heatmaps relative to the extractor
+            features: 1 (the same grid) or 2 (one transposed convolution doubles it, so the
+            target Gaussians are half as wide in pixels).
         location_maps: add the training-only dense 3D head (:class:`LocationMapHead`) on the
             extractor features; like the heatmaps, it is dropped at inference.
         norms: per-iteration norm mode (see :data:`recurnet.looped.NORM_MODES`).
@@ -104,9 +108,14 @@ class DIRNetConfig:
     log_var_bound: float | None = 10.0
     log_var_init: float = -2.0
     heatmaps: bool = True
+    heatmap_upsample: int = 1
     location_maps: bool = False
     norms: str = "all"
     crop_size: int = 224
+
+    def __post_init__(self) -> None:
+        if self.heatmap_upsample not in (1, 2) or isinstance(self.heatmap_upsample, bool):
+            raise ValueError(f"model.heatmap_upsample must be 1 or 2, got {self.heatmap_upsample!r}")
 
     def to_dict(self) -> dict:
         """Plain dict of the fields (for checkpoints and YAML)."""
@@ -270,10 +279,14 @@ class DirectPoseHead(nn.Module):
         }
 
 
-def _dense_head(in_channels: int, hidden: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution, BatchNorm, ReLU, then a 1x1 convolution that starts at zero output."""
-    body = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                         nn.ReLU(inplace=True), nn.Conv2d(hidden, out_channels, 1))
+def _dense_head(in_channels: int, hidden: int, out_channels: int, upsample: int = 1) -> nn.Sequential:
+    """3x3 convolution, BatchNorm, ReLU (with ``upsample=2``: then a stride-2 4x4 transposed
+    convolution, BatchNorm, ReLU), then a 1x1 convolution that starts at zero output."""
+    layers = [nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+    if upsample == 2:
+        layers += [nn.ConvTranspose2d(hidden, hidden, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(hidden),
+                   nn.ReLU(inplace=True)]
+    body = nn.Sequential(*layers, nn.Conv2d(hidden, out_channels, 1))
     nn.init.zeros_(body[-1].weight)
     nn.init.zeros_(body[-1].bias)
     return body
@@ -292,11 +305,16 @@ class HeatmapHead(nn.Module):
         in_channels: ``C``.
         hidden: width of the 3x3 convolution.
         joints: number of heatmaps.
+        upsample: 1, or 2 for maps of ``(2h, 2w)`` cells (a stride-2 transposed convolution,
+            BatchNorm and ReLU before the last layer).
     """
 
-    def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS):
+    def __init__(self, in_channels: int, hidden: int = 64, joints: int = NUM_JOINTS, upsample: int = 1):
         super().__init__()
-        self.body = _dense_head(in_channels, hidden, joints)  # starts at empty maps: the loss at the targets' energy
+        if upsample not in (1, 2):
+            raise ValueError(f"HeatmapHead upsample must be 1 or 2, got {upsample!r}")
+        # Starts at empty maps: the loss at the targets' energy.
+        self.body = _dense_head(in_channels, hidden, joints, upsample=upsample)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
@@ -388,7 +406,7 @@ HEADS: dict[str, Callable[[DIRNetConfig], Callable[[int], nn.Module]]] = {
 def _auxiliary_heads(config: DIRNetConfig) -> dict[str, Callable[[int], nn.Module]]:
     heads = {}
     if config.heatmaps:
-        heads["heatmaps"] = HeatmapHead
+        heads["heatmaps"] = functools.partial(HeatmapHead, upsample=config.heatmap_upsample)
     if config.location_maps:
         heads["location_maps"] = LocationMapHead
     return heads

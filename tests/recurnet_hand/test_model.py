@@ -156,6 +156,26 @@ def test_location_maps_train_only_and_reach_the_extractor():
     assert net.eval()(torch.rand(2, 3, 96, 96)).auxiliary == {}  # dropped at inference
 
 
+def test_upsampled_heatmaps_double_the_grid_and_their_targets_follow():
+    net = build_dirnet(preset("tiny", max_loops=0, heatmap_upsample=2)).train()
+    head = net.auxiliary["heatmaps"]
+    assert head.body[-1].weight.abs().sum() == 0  # starts at empty maps
+    torch.nn.init.normal_(head.body[-1].weight)
+    out = net(torch.rand(2, 3, 96, 96))
+    maps = out.auxiliary["heatmaps"]
+    assert maps.shape == (2, 21, 24, 24)  # the extractor's 12 x 12 grid, doubled
+    batch = _location_batch(2)
+    # Maps equal to the targets on the doubled grid cost nothing: the loss builds its targets at the maps' size.
+    out.auxiliary["heatmaps"] = joint_heatmaps(batch["joints2d"], 96, (24, 24)).requires_grad_()
+    assert HandLoss(crop_size=96)(out, batch).task["heatmap"].item() == pytest.approx(0.0, abs=1e-10)
+    net.zero_grad()
+    maps.square().mean().backward()
+    assert net.extractor.body[0].weight.grad.abs().sum() > 0
+    assert net.eval()(torch.rand(1, 3, 96, 96)).auxiliary == {}  # dropped at inference
+    with pytest.raises(ValueError, match="heatmap_upsample"):
+        preset("tiny", heatmap_upsample=3)
+
+
 def test_location_loss_reads_each_joint_around_its_heatmap():
     net = build_dirnet(preset("tiny", max_loops=0, location_maps=True)).train()
     out = net(torch.rand(3, 3, 96, 96))
