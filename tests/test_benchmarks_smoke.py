@@ -383,6 +383,11 @@ def test_full_ablation_quick_reads_finished_runs_back(bench, tmp_path, capsys, m
 
     monkeypatch.setattr(script, "train", retrain)
     assert script.main(_quick(tmp_path) + runs + ["--reuse"]) == 0
+    before = _read(tmp_path, "full_ablation")
+    assert script.main(_quick(tmp_path) + runs + ["--reuse", "--only", "1"]) == 0
+    selected = _read(tmp_path, "full_ablation_selected")
+    assert "| 128 images |" in selected and "| 64 images |" not in selected
+    assert _read(tmp_path, "full_ablation") == before  # the full table is left alone
     capsys.readouterr()
     with pytest.raises(SystemExit):
         script.main(["--quick", "--reuse"])
