@@ -62,14 +62,18 @@ class DataConfig:
         root: data root of a real dataset; for ``synthetic``, the cache folder (None: ``<out_dir>/data``).
         mix: a 2D-only dataset mixed into training (``panoptic``, as the paper does for STB).
         mix_root: its data root.
-        train_samples: synthetic training images. The default 18000 with 13 epochs trains about
-            as many steps as 6000 images with 40 epochs, and scores better: more distinct images
-            beat more passes over fewer (``benchmarks/results/full_ablation.md``).
+        train_samples: synthetic training images. 18000 images with 13 epochs train about as
+            many steps as 6000 images with 40 epochs, and score better: more distinct images
+            beat more passes over fewer (``benchmarks/results/full_ablation.md``). The default
+            trains them for 16 epochs.
         test_samples: synthetic test images.
         viewpoint: synthetic hands' viewpoint distribution: ``stb`` (third-person, the
             default), ``fpha`` (first-person) or ``any`` (every orientation).
         augment: augment the training data (rotation, zoom, shift, colour; drawn anew every epoch).
-        rotation_deg: largest in-plane rotation of the augmentation (degrees).
+        rotation_deg: largest in-plane rotation of the augmentation (degrees); None (the
+            default): the dataset's own, 15 for synthetic hands
+            (:data:`recurnet_hand.data.factory.SYNTHETIC_AUGMENT`) and 30 for real data
+            (:data:`recurnet_hand.data.factory.TRAIN_AUGMENT`).
         workers: processes that render the synthetic cache.
         loader_workers: DataLoader worker processes that load and augment training batches
             while the main process trains (0: load in the main process).
@@ -83,7 +87,7 @@ class DataConfig:
     test_samples: int = 500
     viewpoint: str = "stb"
     augment: bool = True
-    rotation_deg: float = 30.0
+    rotation_deg: float | None = None
     workers: int = 2
     loader_workers: int = 0
 
@@ -92,7 +96,7 @@ class DataConfig:
 
         if self.viewpoint not in VIEWPOINTS:
             raise ConfigError(f"data.viewpoint must be one of {sorted(VIEWPOINTS)}, got {self.viewpoint!r}")
-        if not (math.isfinite(self.rotation_deg) and 0 <= self.rotation_deg <= 180):
+        if self.rotation_deg is not None and not (math.isfinite(self.rotation_deg) and 0 <= self.rotation_deg <= 180):
             raise ConfigError(f"data.rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")
         for name in ("workers", "loader_workers"):
             value = getattr(self, name)
@@ -132,7 +136,7 @@ class ScheduleConfig:
     """
 
     protocol: str = "progressive"
-    epochs: int = 13
+    epochs: int = 16
     loop_epochs: int = 1
     batch_size: int = 32
     lr: float = 6e-3

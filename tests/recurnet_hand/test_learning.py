@@ -351,3 +351,25 @@ def test_bad_data_settings_name_the_key():
         with_overrides(RunConfig(), {"data.viewpoint": "side"})
     with pytest.raises(ConfigError, match="data.rotation_deg"):
         with_overrides(RunConfig(), {"data.rotation_deg": -5.0})
+
+
+def test_rotation_augmentation_defaults_per_dataset_and_a_set_value_wins(tmp_path):
+    from recurnet_hand.config import RunConfig, with_overrides
+    from recurnet_hand.data.factory import TRAIN_AUGMENT
+    from recurnet_hand.train import build_data
+
+    run = with_overrides(RunConfig(), {"data.root": str(tmp_path), "data.train_samples": 2, "data.test_samples": 1,
+                                       "data.workers": 0, "model.preset": "tiny"})
+    assert run.data.rotation_deg is None
+    train_set, test_set = build_data(run, progress=False)
+    assert _base(train_set).augment.rotation_deg == SYNTHETIC_AUGMENT.rotation_deg == 15.0
+    assert TRAIN_AUGMENT.rotation_deg == 30.0  # real data keep the wider range
+    assert _base(test_set).augment is None
+    train_set, _ = build_data(with_overrides(run, {"data.rotation_deg": 40.0}), progress=False)
+    assert _base(train_set).augment.rotation_deg == 40.0
+
+
+def _base(dataset):
+    while not hasattr(dataset, "augment"):
+        dataset = dataset.dataset
+    return dataset
