@@ -185,6 +185,18 @@ def write_minutes(folder: Path, minutes: float) -> Path:
     return path
 
 
+#: Run settings that do not change what is trained: where the run lives, its device, the cache folder.
+_RUN_LOCATION = ("out_dir", "device")
+_DATA_LOCATION = ("root", "workers")
+
+
+def comparable_config(config: Mapping) -> dict:
+    """A run configuration dict (``config.yaml``) without the settings that do not change what is trained."""
+    config = {k: v for k, v in config.items() if k not in _RUN_LOCATION}
+    config["data"] = {k: v for k, v in config.get("data", {}).items() if k not in _DATA_LOCATION}
+    return config
+
+
 def read_run_json(path: Path) -> dict:
     """A run's JSON file (``summary.json``, ``minutes.json``); a damaged one raises naming the file."""
     try:

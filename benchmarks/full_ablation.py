@@ -16,7 +16,8 @@ it at the size the default trains.
    width 48 for fewer epochs (about the same minutes) and a larger 3D weight; and the
    former default with another seed, which draws other training and test images, initial
    weights and batch order: how far two runs of the same recipe differ.
-3. The rotation that scored better, with three more phase-0 epochs: the current default.
+3. The rotation that scored better, with three more phase-0 epochs: the current default;
+   and the same phase-0 samples spread over a third more distinct images.
 
 The table goes to ``benchmarks/results/full_ablation.md``: per row, the last loop's 3D
 error, AUC and 2D error, the test error minus the same model's error on 500 of its own
@@ -42,8 +43,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (add_common_args, add_runs_args, markdown_table, parse_runs_args, read_run_json,  # noqa: E402
-                     setup, write_minutes, write_results)
+from _common import (add_common_args, add_runs_args, comparable_config, markdown_table, parse_runs_args,  # noqa: E402
+                     read_run_json, setup, write_minutes, write_results)
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
@@ -70,27 +71,18 @@ ROWS = [
     ("  3D weight 3", "weight3d3", {**OLD, "loss.weight_3d": 3.0}),
     ("  seed 1 (other images, weights and order)", "seed1", {**OLD, "seed": 1}),
     ("18000 images, 16 epochs, rotation 15 deg (the default)", "default", {}),
+    ("  24000 images, 12 epochs", "images24000", {"data.train_samples": 24000, "train.epochs": 12}),
 ]
 QUICK_ROWS = [("64 images", "images64", {"data.train_samples": 64}),
               ("128 images", "images128", {"data.train_samples": 128})]
-#: Run settings that do not change what is trained (where the run lives, the cache folder).
-_IGNORED = ("out_dir", "device")
-
-
-def _comparable(config: dict) -> dict:
-    config = {k: v for k, v in config.items() if k not in _IGNORED}
-    config["data"] = {k: v for k, v in config["data"].items() if k not in ("root", "workers")}
-    return config
-
-
 def _finished(run: RunConfig, folders) -> tuple[Path, dict] | None:
     """A finished run of ``run``'s configuration among ``folders``: (folder, summary with minutes)."""
-    want = _comparable(config_to_dict(run))
+    want = comparable_config(config_to_dict(run))
     for out in folders:
         config, summary = out / "config.yaml", out / "summary.json"
         if not (config.is_file() and summary.is_file()):
             continue
-        if _comparable(yaml.safe_load(config.read_text()) or {}) != want:
+        if comparable_config(yaml.safe_load(config.read_text()) or {}) != want:
             continue
         record = read_run_json(summary)
         timing = out / "minutes.json"

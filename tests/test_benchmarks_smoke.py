@@ -301,10 +301,28 @@ def test_recipe_ablation_quick(bench, tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_default_run_quick(bench, tmp_path, capsys):
-    assert bench("default_run").main(_quick(tmp_path) + ["--out", str(tmp_path / "run")]) == 0
+def test_default_run_quick(bench, tmp_path, capsys, monkeypatch):
+    script = bench("default_run")
+    out = ["--out", str(tmp_path / "run")]
+    assert script.main(_quick(tmp_path) + out) == 0
     text = capsys.readouterr().out
     assert "## Per loop" in text and "rank corr" in text and "Exit policies against every loop" in text
+    assert "images a second over its epochs" in text  # the machine's training rate, from metrics.csv
+
+    def retrain(*args, **kwargs):
+        raise AssertionError("--reuse must report the finished run without training")
+
+    monkeypatch.setattr(script, "train", retrain)
+    assert script.main(_quick(tmp_path) + out + ["--reuse"]) == 0
+    assert capsys.readouterr().out == text  # the same report
+    (tmp_path / "run" / "minutes.json").unlink()
+    with pytest.raises(SystemExit, match="minutes.json"):
+        script.main(_quick(tmp_path) + out + ["--reuse"])
+    with pytest.raises(SystemExit, match="not the default configuration"):
+        (tmp_path / "run" / "minutes.json").write_text('{"minutes": 1.0}')
+        config = tmp_path / "run" / "config.yaml"
+        config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 3\n", 1))
+        script.main(_quick(tmp_path) + out + ["--reuse"])
 
 
 def test_error_analysis_splits_orientation_from_articulation(bench, tmp_path, capsys):
