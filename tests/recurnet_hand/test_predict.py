@@ -41,7 +41,7 @@ def test_a_box_crops_like_the_training_crop_and_maps_joints_back(tmp_path):
     err = np.linalg.norm(np.asarray(boxed.joints2d) - expected, axis=1)
     assert err.max() < 3.0, err  # the same hand, up to resampling the enlarged copy
     gap3d = np.linalg.norm(np.asarray(boxed.joints3d) - np.asarray(whole.joints3d), axis=1)
-    assert gap3d.mean() < 4.0 and gap3d.max() < 10.0, gap3d  # mm; the model's own error is about 35 mm
+    assert gap3d.mean() < 4.0 and gap3d.max() < 10.0, gap3d  # mm; the model's own error is about 30 mm
     assert boxed.box == pytest.approx(list(box)) and whole.box is None
     np.testing.assert_allclose(np.asarray(boxed.sigma2d) / np.asarray(whole.sigma2d), 1.5, rtol=0.2)
 
