@@ -90,7 +90,7 @@ def readme_paragraph(summary, minutes: float, rate: float | None = None) -> str:
     full = [r for r in summary.rows if r.policy == "fixed"][-1]
     change = 100 * (last.epe3d / first.epe3d - 1)
     speed = "" if rate is None else f" (its first phase training {rate:.0f} images a second)"
-    text = (f"On 2 CPU cores the default run took {minutes:.0f} minutes{speed} and ended at {last.epe3d:.1f} mm "
+    text = (f"On 2 CPU cores the default run took {minutes:.0f} minutes{speed} and ended at {last.epe3d:.2f} mm "
             "mean 3D "
             f"joint error (root-relative; 3D AUC 0-50 mm {last.auc3d:.3f}; 2D error {100 * last.epe2d_crop:.1f}% "
             f"of the crop) on held-out synthetic hands, against {summary.baseline_epe3d:.1f} mm "

@@ -29,7 +29,7 @@ including a ``default_run.py --out DIR/images18000`` run)::
 
     python benchmarks/full_ablation.py --out runs/full-ablation --reuse
     python benchmarks/full_ablation.py --quick     # a minute; checks the script, numbers mean little
-    python benchmarks/full_ablation.py --out runs/full-ablation --reuse --only 8   # to full_ablation_selected.md
+    python benchmarks/full_ablation.py --out runs/full-ablation --reuse --only 8 9   # to full_ablation_selected.md
 """
 
 from __future__ import annotations

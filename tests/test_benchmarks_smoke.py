@@ -318,10 +318,10 @@ def test_default_run_quick(bench, tmp_path, capsys, monkeypatch):
     (tmp_path / "run" / "minutes.json").unlink()
     with pytest.raises(SystemExit, match="minutes.json"):
         script.main(_quick(tmp_path) + out + ["--reuse"])
+    (tmp_path / "run" / "minutes.json").write_text('{"minutes": 1.0}')
+    config = tmp_path / "run" / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 3\n", 1))
     with pytest.raises(SystemExit, match="not the default configuration"):
-        (tmp_path / "run" / "minutes.json").write_text('{"minutes": 1.0}')
-        config = tmp_path / "run" / "config.yaml"
-        config.write_text(config.read_text().replace("epochs: 1\n", "epochs: 3\n", 1))
         script.main(_quick(tmp_path) + out + ["--reuse"])
 
 
