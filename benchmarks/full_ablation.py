@@ -18,6 +18,9 @@ it at the size the default trains.
    weights and batch order: how far two runs of the same recipe differ.
 3. The rotation that scored better, with three more phase-0 epochs: the current default;
    and the same phase-0 samples spread over a third more distinct images.
+4. The current default in float32 (what ``precision: auto`` trains on a CPU without
+   native bfloat16), with seed 0 and seed 1: the cost of the precision and the spread
+   between two runs of the same recipe.
 
 The table goes to ``benchmarks/results/full_ablation.md``: per row, the last loop's 3D
 error, AUC and 2D error, the test error minus the same model's error on 500 of its own
@@ -30,6 +33,7 @@ including a ``default_run.py --out DIR/images18000`` run)::
     python benchmarks/full_ablation.py --out runs/full-ablation --reuse
     python benchmarks/full_ablation.py --quick     # a minute; checks the script, numbers mean little
     python benchmarks/full_ablation.py --out runs/full-ablation --reuse --only 8 9   # to full_ablation_selected.md
+    python benchmarks/full_ablation.py --out runs/full-ablation --reuse --only 10 11 --result full_ablation_float32
 """
 
 from __future__ import annotations
@@ -72,6 +76,8 @@ ROWS = [
     ("  seed 1 (other images, weights and order)", "seed1", {**OLD, "seed": 1}),
     ("18000 images, 16 epochs, rotation 15 deg (the default)", "default", {}),
     ("  24000 images, 12 epochs", "images24000", {"data.train_samples": 24000, "train.epochs": 12}),
+    ("  float32 forward (CPUs without bfloat16 train so)", "float32", {"train.precision": "float32"}),
+    ("  float32 forward, seed 1", "float32-seed1", {"train.precision": "float32", "seed": 1}),
 ]
 QUICK_ROWS = [("64 images", "images64", {"data.train_samples": 64}),
               ("128 images", "images128", {"data.train_samples": 128})]
@@ -110,8 +116,12 @@ def main(argv=None) -> int:
     add_common_args(parser, timing=False)
     parser.add_argument("--only", type=int, nargs="*", default=None,
                         help="row numbers to run (default all); the table goes to full_ablation_selected.md")
+    parser.add_argument("--result", default=None,
+                        help="file name (without .md) of the table, in place of full_ablation(_selected)")
     add_runs_args(parser)
     args = parse_runs_args(parser, argv)
+    if args.result is not None and (not args.result or Path(args.result).name != args.result):
+        parser.error(f"--result takes a file name without folders, got {args.result!r}")
     device = setup(args)
     rows = QUICK_ROWS if args.quick else ROWS
     out_root = args.out or Path(tempfile.mkdtemp(prefix="full-ablation-"))
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
     result_name, title = (("full_ablation", "The default run at full size: data budget and single changes")
                           if args.only is None else
                           ("full_ablation_selected", "The default run at full size: selected rows rerun together"))
-    path = write_results(result_name, title, body,
+    path = write_results(args.result or result_name, title, body,
                          results_dir=args.results_dir, argv=sys.argv[1:] if argv is None else argv, device=device,
                          script=Path(__file__).name, timed=False)
     print(f"wrote {path}")

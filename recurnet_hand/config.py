@@ -59,7 +59,8 @@ class DataConfig:
 
     Attributes:
         dataset: ``synthetic`` (default; rendered offline), ``stb`` or ``fpha``.
-        root: data root of a real dataset; for ``synthetic``, the cache folder (None: ``<out_dir>/data``).
+        root: data root of a real dataset; for ``synthetic``, the cache folder (None: the shared cache,
+            :func:`recurnet_hand.train.default_cache_dir`).
         mix: a 2D-only dataset mixed into training (``panoptic``, as the paper does for STB).
         mix_root: its data root.
         train_samples: synthetic training images. 18000 images with 13 epochs train about as

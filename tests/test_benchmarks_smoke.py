@@ -175,6 +175,12 @@ def test_train_step_quick(bench, tmp_path):
     assert "NCHW, float32" in text and "channels-last, float32" in text
 
 
+def test_allocator_quick(bench, tmp_path):
+    assert bench("bench_allocator").main(_quick(tmp_path)) == 0
+    text = _read(tmp_path, "allocator")
+    assert "| glibc defaults |" in text and "| tune_allocator |" in text and "page faults per step" in text
+
+
 @pytest.mark.slow
 def test_quant_quick(bench, tmp_path):
     pytest.importorskip("torchao")
@@ -406,10 +412,17 @@ def test_full_ablation_quick_reads_finished_runs_back(bench, tmp_path, capsys, m
     selected = _read(tmp_path, "full_ablation_selected")
     assert "| 128 images |" in selected and "| 64 images |" not in selected
     assert _read(tmp_path, "full_ablation") == before  # the full table is left alone
+    assert script.main(_quick(tmp_path) + runs + ["--reuse", "--only", "0", "--result", "picked"]) == 0
+    picked = _read(tmp_path, "picked")
+    assert "| 64 images |" in picked and "| 128 images |" not in picked
+    assert _read(tmp_path, "full_ablation_selected") == selected
     capsys.readouterr()
     with pytest.raises(SystemExit):
         script.main(["--quick", "--reuse"])
     assert "--reuse needs --out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        script.main(_quick(tmp_path) + ["--result", "../elsewhere"])
+    assert "without folders" in capsys.readouterr().err
 
 
 def test_run_files_are_written_whole_and_damaged_ones_are_named(bench, tmp_path):

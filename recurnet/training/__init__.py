@@ -9,6 +9,7 @@
   accuracy / compute trade-off.
 """
 
+from .allocator import tune_allocator
 from .checkpoint import CheckpointError, ConfigMismatchError, load_checkpoint, save_checkpoint
 from .config import PRECISIONS, TrainConfig, config_from_dict, config_to_dict, native_bfloat16
 from .distributed import DistributedContext, cleanup_distributed, init_distributed, main_process_first
@@ -34,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "PRECISIONS",
     "native_bfloat16",
+    "tune_allocator",
     "TrainResult",
     "EpochInfo",
     "Callback",

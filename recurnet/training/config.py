@@ -79,6 +79,9 @@ class TrainConfig:
         channels_last: train in the channels-last memory format (model and 4D images); on CPUs
             and tensor-core GPUs convolution nets train faster so. Changes float rounding only.
             Runtime.
+        tune_allocator: on a CPU device, keep freed host memory in the process heap
+            (:func:`~recurnet.training.allocator.tune_allocator`, glibc only): a faster step,
+            the same numbers. Process-wide. Runtime.
 
     Examples:
         >>> TrainConfig(EndToEnd(epochs=3), lr=1e-3).protocol.total_epochs
@@ -105,6 +108,7 @@ class TrainConfig:
     progress: bool | None = _runtime(None)
     tensorboard: bool = _runtime(False)
     channels_last: bool = _runtime(False)
+    tune_allocator: bool = _runtime(True)
 
     def __post_init__(self):
         if not hasattr(self.protocol, "phases"):

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..output import LoopOutput
+from .allocator import tune_allocator
 from .checkpoint import CheckpointError, check_config, ensure_writable, load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_to_dict
 from .distributed import DistributedContext, current_context, unwrap
@@ -284,6 +285,8 @@ class Trainer:
                 :class:`~recurnet.training.ConfigMismatchError` for another configuration.
             NonFiniteLossError: the loss became NaN/inf (the last good checkpoint is kept).
         """
+        if self.config.tune_allocator and self.device.type == "cpu":
+            tune_allocator()
         state = self._load_resume(resume) if resume is not None else None
         if state is None:
             seed_everything(self.config.seed)
