@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--loops", type=int, default=0, help="loops of the phase timed (default 0, phase 0)")
-    parser.add_argument("--rounds", type=int, default=5, help="child processes per variant (default 5)")
+    parser.add_argument("--rounds", type=int, default=7, help="child processes per variant (default 7)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     add_common_args(parser, warmup=5, repeats=25, timing=True)
     args = parser.parse_args(argv)
