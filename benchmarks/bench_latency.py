@@ -20,7 +20,9 @@ this times, at batch 1 in eval mode under ``torch.inference_mode()``:
   "exit after loop L";
 - the fixed-loop network in channels-last memory format (input and weights);
 - the fixed-loop network compiled with ``torch.compile`` (unless ``--no-compile``),
-  with the number of graphs dynamo produced (1 = no graph breaks);
+  with the number of graphs dynamo produced (1 = no graph breaks); with inductor also
+  with frozen weights, and with frozen weights and inductor's C++ wrapper (``cpp_wrapper``:
+  the kernels are launched from generated C++, not Python), for resnet18 too;
 - the dynamic network with :meth:`recurnet.LoopedNet.compile_steps` (its default,
   dynamo's automatic dynamic shapes: only the batch dimension becomes dynamic) and, with
   ``--compare-dynamic``, with ``dynamic=True`` (every dimension symbolic), with the
@@ -120,6 +122,10 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
                 frozen(x)
             out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights",
                                 lambda: frozen(x), cost.macs_until(net.max_loops), f"{graphs_f[0]} graph(s)"))
+            wrapped, graphs_w, first = _frozen_cpp(copy.deepcopy(net), x, compile_backend)
+            out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights, C++ wrapper",
+                                lambda: wrapped(x), cost.macs_until(net.max_loops),
+                                f"{graphs_w} graph(s), first call {first:.0f} s"))
         for extra in ({}, {"dynamic": True}) if compare_dynamic else ({},):
             backend_s, graphs_s = counting_backend(compile_backend)
             start = time.perf_counter()
@@ -133,6 +139,21 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
                                 statistics.fmean(cost.macs_until(s) for s in steps),
                                 f"{graphs_s[0]} graph(s), compiled in {seconds:.0f} s"))
     return out
+
+
+def _frozen_cpp(model, x: torch.Tensor, compile_backend: str):
+    """``model`` compiled with frozen weights and inductor's C++ wrapper: the compiled graph's kernels are
+    launched from generated C++ instead of Python, which removes the per-kernel host overhead that
+    dominates a batch-1 call of small layers. Returns (callable, graphs, seconds of the first call)."""
+    backend, graphs = counting_backend(compile_backend)
+    is_looped = isinstance(model, recurnet.LoopedNet)
+    with torch._inductor.config.patch(freezing=True, cpp_wrapper=True), torch.no_grad():
+        fn = torch.compile((lambda t: model(t, exit="all", count_cost=False)) if is_looped else model,
+                           backend=backend)
+        start = time.perf_counter()
+        fn(x)
+        first = time.perf_counter() - start
+    return fn, graphs[0], first
 
 
 def recompile_sweep(name: str, size: int, compile_backend: str, batches) -> dict:
@@ -179,6 +200,10 @@ def _timm_variants(size: int, x: torch.Tensor, compile_backend: str | None, name
             with torch.inference_mode():
                 compiled(x)
             out.append(_Variant(f"timm {name}, compiled", lambda: compiled(x), macs, f"{graphs[0]} graph(s)"))
+            if compile_backend == "inductor":
+                wrapped, graphs_w, first = _frozen_cpp(copy.deepcopy(model), x, compile_backend)
+                out.append(_Variant(f"timm {name}, compiled, frozen weights, C++ wrapper", lambda: wrapped(x), macs,
+                                    f"{graphs_w} graph(s), first call {first:.0f} s"))
     return out
 
 
