@@ -307,7 +307,8 @@ def _train(run, resume, progress, max_epochs):
     write_rows(rows, out / "results.csv")
     figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm)
     per_loop = [r.auc3d for r in rows if r.policy == "fixed"]
-    summary = {"precision": trainer.config.precision, "auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc, "baseline_epe3d": baseline.epe_mean,
+    summary = {"precision": trainer.config.precision, "auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc,
+               "baseline_epe3d": baseline.epe_mean,
                "auc3d_range_mm": list(cfg3d.threshold_range), "loops": [asdict(r) for r in loops],
                "policies": [asdict(r) for r in rows], "figures": {k: str(v) for k, v in figures.items()}}
     tmp = out / ".summary.json.tmp"
