@@ -18,7 +18,6 @@ Writes ``benchmarks/results/allocator.md``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -41,35 +40,15 @@ def child(tuned: bool, quick: bool, threads: int, batch_size: int, loops: int, w
     """Time training steps in this process; returns step times (s) and minor page faults per step."""
     import torch
 
+    from bench_train_step import fixture, step_fn
     from recurnet.training import native_bfloat16, tune_allocator
-    from recurnet_hand.losses import HandLoss, LossConfig
-    from recurnet_hand.model import build_dirnet, preset
 
     applied = tune_allocator() if tuned else False
     torch.set_num_threads(threads)
-    name, b = ("tiny", 4) if quick else ("cpu", batch_size)
-    config = preset(name)
-    size = config.crop_size
-    torch.manual_seed(0)
-    net = build_dirnet(config).train().to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(b, 3, size, size, generator=gen).contiguous(memory_format=torch.channels_last)
-    batch = {"joints2d": torch.rand(b, 21, 2, generator=gen) * size,
-             "joints3d": torch.randn(b, 21, 3, generator=gen) * 40.0,
-             "has_2d": torch.ones(b, dtype=torch.bool), "has_3d": torch.ones(b, dtype=torch.bool)}
-    loss = HandLoss(LossConfig(), crop_size=size)
+    name, b, size, net, images, batch, loss = fixture(quick, batch_size)
+    net = net.to(memory_format=torch.channels_last)
     bf16 = native_bfloat16("cpu")
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    params = list(net.parameters())
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
-            out = net(images, exit="all", loops=loops, count_cost=False)
-        total = loss(out.float() if bf16 else out, batch).total
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 5.0)
-        optimizer.step()
+    step = step_fn(net, loss, batch, images.contiguous(memory_format=torch.channels_last), loops, bf16)
 
     for _ in range(warmup):
         step()

@@ -113,19 +113,11 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
         out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled", lambda: fixed(x),
                             cost.macs_until(net.max_loops), f"{graphs[0]} graph(s), first call {first:.0f} s"))
         if compile_backend == "inductor":
-            # Freezing folds the weights into the graph as constants, and lets inductor pre-pack
-            # them for oneDNN's convolutions at every batch size.
-            frozen_net = copy.deepcopy(net)
-            backend_f, graphs_f = counting_backend(compile_backend)
-            with torch._inductor.config.patch(freezing=True), torch.no_grad():
-                frozen = torch.compile(lambda t: frozen_net(t, exit="all", count_cost=False), backend=backend_f)
-                frozen(x)
-            out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights",
-                                lambda: frozen(x), cost.macs_until(net.max_loops), f"{graphs_f[0]} graph(s)"))
-            wrapped, graphs_w, first = _frozen_cpp(copy.deepcopy(net), x, compile_backend)
-            out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights, C++ wrapper",
-                                lambda: wrapped(x), cost.macs_until(net.max_loops),
-                                f"{graphs_w} graph(s), first call {first:.0f} s"))
+            for cpp in (False, True):
+                frozen, graphs_f, first = _frozen(copy.deepcopy(net), x, compile_backend, cpp_wrapper=cpp)
+                out.append(_Variant(f"{label}, all {net.max_loops} loops, compiled, frozen weights"
+                                    + (", C++ wrapper" if cpp else ""), (lambda f=frozen: f(x)),
+                                    cost.macs_until(net.max_loops), f"{graphs_f} graph(s), first call {first:.0f} s"))
         for extra in ({}, {"dynamic": True}) if compare_dynamic else ({},):
             backend_s, graphs_s = counting_backend(compile_backend)
             start = time.perf_counter()
@@ -141,13 +133,14 @@ def _dirnet_variants(name: str, size: int, frames: list[torch.Tensor], compile_b
     return out
 
 
-def _frozen_cpp(model, x: torch.Tensor, compile_backend: str):
-    """``model`` compiled with frozen weights and inductor's C++ wrapper: the compiled graph's kernels are
-    launched from generated C++ instead of Python, which removes the per-kernel host overhead that
-    dominates a batch-1 call of small layers. Returns (callable, graphs, seconds of the first call)."""
+def _frozen(model, x: torch.Tensor, compile_backend: str, *, cpp_wrapper: bool):
+    """``model`` compiled by inductor with frozen weights (folded into the graph as constants and
+    pre-packed for oneDNN's convolutions) and, with ``cpp_wrapper``, the C++ wrapper: the kernels
+    are launched from generated C++ instead of Python, without per-kernel host overhead.
+    A :class:`recurnet.LoopedNet` runs every loop. Returns (callable, graphs, seconds of the first call)."""
     backend, graphs = counting_backend(compile_backend)
     is_looped = isinstance(model, recurnet.LoopedNet)
-    with torch._inductor.config.patch(freezing=True, cpp_wrapper=True), torch.no_grad():
+    with torch._inductor.config.patch(freezing=True, cpp_wrapper=cpp_wrapper), torch.no_grad():
         fn = torch.compile((lambda t: model(t, exit="all", count_cost=False)) if is_looped else model,
                            backend=backend)
         start = time.perf_counter()
@@ -201,7 +194,7 @@ def _timm_variants(size: int, x: torch.Tensor, compile_backend: str | None, name
                 compiled(x)
             out.append(_Variant(f"timm {name}, compiled", lambda: compiled(x), macs, f"{graphs[0]} graph(s)"))
             if compile_backend == "inductor":
-                wrapped, graphs_w, first = _frozen_cpp(copy.deepcopy(model), x, compile_backend)
+                wrapped, graphs_w, first = _frozen(copy.deepcopy(model), x, compile_backend, cpp_wrapper=True)
                 out.append(_Variant(f"timm {name}, compiled, frozen weights, C++ wrapper", lambda: wrapped(x), macs,
                                     f"{graphs_w} graph(s), first call {first:.0f} s"))
     return out

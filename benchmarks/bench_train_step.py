@@ -27,10 +27,32 @@ import torch  # noqa: E402
 
 from _common import add_common_args, markdown_table, paired_ratios, setup, time_interleaved, write_results  # noqa: E402
 
-__all__ = ["main"]
+__all__ = ["main", "fixture", "step_fn"]
 
 
-def _step_fn(net, loss, batch, images, loops: int, bf16: bool):
+def fixture(quick: bool, batch_size: int):
+    """The default run's model (train mode), a fixed batch of images and labels, and its loss.
+
+    Returns ``(preset name, batch size, crop size, net, images, batch, loss)``; ``quick``: the
+    ``tiny`` preset at batch 4.
+    """
+    from recurnet_hand.losses import HandLoss, LossConfig
+    from recurnet_hand.model import build_dirnet, preset
+
+    name, b = ("tiny", 4) if quick else ("cpu", batch_size)
+    size = preset(name).crop_size
+    torch.manual_seed(0)
+    net = build_dirnet(preset(name)).train()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.rand(b, 3, size, size, generator=gen)
+    batch = {"joints2d": torch.rand(b, 21, 2, generator=gen) * size,
+             "joints3d": torch.randn(b, 21, 3, generator=gen) * 40.0,
+             "has_2d": torch.ones(b, dtype=torch.bool), "has_3d": torch.ones(b, dtype=torch.bool)}
+    return name, b, size, net, images, batch, HandLoss(LossConfig(), crop_size=size)
+
+
+def step_fn(net, loss, batch, images, loops: int, bf16: bool):
+    """One training step as :class:`recurnet.Trainer` runs it: forward, loss, backward, clipping, Adam."""
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     params = list(net.parameters())
 
@@ -58,20 +80,8 @@ def main(argv=None) -> int:
     if str(device) != "cpu":
         raise SystemExit("bench_train_step measures the CPU path; pass --device cpu")
     from recurnet.training import native_bfloat16
-    from recurnet_hand.losses import HandLoss, LossConfig
-    from recurnet_hand.model import build_dirnet, preset
 
-    name, b = ("tiny", 4) if args.quick else ("cpu", args.batch_size)
-    config = preset(name)
-    size = config.crop_size
-    torch.manual_seed(0)
-    base = build_dirnet(config).train()
-    gen = torch.Generator().manual_seed(0)
-    images = torch.rand(b, 3, size, size, generator=gen)
-    batch = {"joints2d": torch.rand(b, 21, 2, generator=gen) * size,
-             "joints3d": torch.randn(b, 21, 3, generator=gen) * 40.0,
-             "has_2d": torch.ones(b, dtype=torch.bool), "has_3d": torch.ones(b, dtype=torch.bool)}
-    loss = HandLoss(LossConfig(), crop_size=size)
+    name, b, size, base, images, batch, loss = fixture(args.quick, args.batch_size)
     forms = [("NCHW", False), ("channels-last", True)]
     precisions = [("float32", False)] + ([("bfloat16 forward", True)] if native_bfloat16("cpu") else [])
     fns = {}
@@ -82,7 +92,7 @@ def main(argv=None) -> int:
             if last:
                 net = net.to(memory_format=torch.channels_last)
                 x = images.contiguous(memory_format=torch.channels_last)
-            fns[f"{form}, {precision}"] = _step_fn(net, loss, batch, x, args.loops, bf16)
+            fns[f"{form}, {precision}"] = step_fn(net, loss, batch, x, args.loops, bf16)
     stats = time_interleaved(fns, warmup=args.warmup, repeats=args.repeats, clock=args.clock)
     ref = stats["NCHW, float32"]
     rows = []

@@ -46,12 +46,12 @@ def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 << 30
             to the operating system.
 
     Returns:
-        Whether the settings are in force: False on other C libraries (macOS, Windows,
+        Whether glibc accepted both settings: False on other C libraries (macOS, Windows,
         musl), when an :data:`ALLOCATOR_ENV` variable is set (the user's choice wins),
-        or when glibc refuses a value.
+        or when glibc refuses a value (the mmap threshold may then be set alone).
 
     Raises:
-        ValueError: for a threshold that is not a positive integer.
+        ValueError: for a threshold that is not an integer in ``[1, 2**31)``.
     """
     global _applied
     for name, value in (("mmap_threshold", mmap_threshold), ("trim_threshold", trim_threshold)):
