@@ -96,8 +96,8 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         for name in VARIANTS if r % 2 == 0 else reversed(VARIANTS):
             results[name].append(_run_child(args, tuned=name == "tune_allocator"))
-            print(f"round {r + 1}/{args.rounds}, {name}: {1e3 * Stats(tuple(results[name][-1]['times'])).median:.1f} ms",
-                  flush=True)
+            median = Stats(tuple(results[name][-1]["times"])).median
+            print(f"round {r + 1}/{args.rounds}, {name}: {1e3 * median:.1f} ms", flush=True)
     info = results["tune_allocator"][0]
     medians = {name: Stats(tuple(Stats(tuple(c["times"])).median for c in runs)) for name, runs in results.items()}
     ratio = paired_ratios(medians["tune_allocator"], medians["glibc defaults"])

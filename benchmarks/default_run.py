@@ -127,7 +127,8 @@ def gate_saving(rows) -> list[list[str]]:
     out = []
     for r in rows:
         if r.policy in ("gate", "variance"):
-            out.append([r.policy, r.setting, f"{r.mean_loops:.2f}", f"{100 * (1 - r.mean_gmacs / full.mean_gmacs):.1f}%",
+            saved = 100 * (1 - r.mean_gmacs / full.mean_gmacs)
+            out.append([r.policy, r.setting, f"{r.mean_loops:.2f}", f"{saved:.1f}%",
                         f"{r.auc3d - full.auc3d:+.4f}", f"{r.epe3d - full.epe3d:+.2f}"])
     return out
 

@@ -172,7 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     gate_rows = [_point_row(f"fixed, {int(p.setting)} loops", p) for p in fixed]
     gate_rows += [
-        _point_row(f"gate, lambda = {scale:g}, tau = {p.setting:g}", p) for scale, sweep in sweeps.items() for p in sweep
+        _point_row(f"gate, lambda = {scale:g}, tau = {p.setting:g}", p)
+        for scale, sweep in sweeps.items()
+        for p in sweep
     ]
     body = "\n".join(
         [

@@ -57,7 +57,8 @@ sigma2d = torch.stack([a["joints2d"] for a in out.log_variance]).div(2).exp()[..
 for l in range(out.num_iterations):
     e3 = np.linalg.norm(joints3d[l] - truth3d, axis=-1).mean()
     e2 = np.linalg.norm(joints2d[l] - truth2d, axis=-1).mean()
-    print(f"iteration {l}: mean 3D error {e3:.1f} mm, 2D error {e2:.1f} px, predicted 2D sigma {sigma2d[l].mean():.1f} px")
+    print(f"iteration {l}: mean 3D error {e3:.1f} mm, 2D error {e2:.1f} px, "
+          f"predicted 2D sigma {sigma2d[l].mean():.1f} px")
 
 
 def uncertainty_map(points, stds, size):

@@ -149,7 +149,8 @@ class CostModel:
     @property
     def params(self) -> int:
         """Total parameters of all components."""
-        return sum(getattr(self, f.name).params for f in fields(self) if isinstance(getattr(self, f.name), ComponentCost))
+        parts = (getattr(self, f.name) for f in fields(self))
+        return sum(part.params for part in parts if isinstance(part, ComponentCost))
 
     def rows(self) -> list[tuple[str, int, int]]:
         """``(component, params, MACs per call)`` for each component, for tables."""

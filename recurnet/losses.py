@@ -16,8 +16,8 @@ loss into the negative log-likelihood of a distribution with that variance:
 
 Extreme log-variances are safe (half-precision inputs are computed in float32):
 the value is computed with ``a`` clamped to ``[-bound, bound]`` (``bound`` =
-:data:`LOG_VAR_BOUND` = 20 by default, i.e. ``sigma^2`` between ``2e-9`` and ``5e8`` in the squared units of the output),
-while the gradient passes through the clamp unchanged (straight-through), so
+:data:`LOG_VAR_BOUND` = 20 by default, i.e. ``sigma^2`` between ``2e-9`` and ``5e8``
+in the squared units of the output), while the gradient passes through the clamp unchanged (straight-through), so
 an out-of-range prediction still gets a finite gradient that pulls it back.
 For any finite ``a`` value and gradient are finite.
 

@@ -107,7 +107,8 @@ def check_decision(decision: object, state: LoopState, policy: object) -> torch.
     n = state.index.shape[0]
     name = type(policy).__name__
     if not isinstance(decision, torch.Tensor):
-        raise TypeError(f"exit policy {name} returned {type(decision).__name__}, expected a bool tensor of shape ({n},)")
+        raise TypeError(
+            f"exit policy {name} returned {type(decision).__name__}, expected a bool tensor of shape ({n},)")
     if decision.dtype != torch.bool:
         raise TypeError(f"exit policy {name} returned dtype {decision.dtype}, expected torch.bool")
     if tuple(decision.shape) != (n,):
@@ -145,7 +146,8 @@ class FixedLoops:
         self._loops = int(value)
 
     def __call__(self, state: LoopState) -> torch.Tensor:
-        return torch.full((state.index.shape[0],), state.iteration >= self._loops, dtype=torch.bool, device=state.index.device)
+        index = state.index
+        return torch.full((index.shape[0],), state.iteration >= self._loops, dtype=torch.bool, device=index.device)
 
     def __repr__(self) -> str:
         return f"FixedLoops(loops={self._loops})"

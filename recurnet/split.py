@@ -349,8 +349,9 @@ def _check(model, extractor, refiner, adapter, stage, size) -> tuple[int, int, F
                 out = refiner(feats)
             except Exception as err:  # a non-chain forward usually fails here with an unrelated message
                 raise SplitError(
-                    f"cutting {type(model).__name__} at stage {stage.index} ({stage.module!r}) gives pieces that do not "
-                    f"run as a chain ({type(err).__name__}: {err}); its forward is not a plain sequence of modules"
+                    f"cutting {type(model).__name__} at stage {stage.index} ({stage.module!r}) gives pieces "
+                    f"that do not run as a chain ({type(err).__name__}: {err}); its forward is not a plain "
+                    "sequence of modules"
                 ) from err
             want_feats = model.forward_intermediates(x, indices=[stage.index], intermediates_only=True)[0]
             want_out = model.forward_features(x)

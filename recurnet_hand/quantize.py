@@ -107,7 +107,8 @@ def quantize_int8(net: recurnet.LoopedNet, calibration: Iterable[torch.Tensor], 
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError as err:
-        raise ImportError(f"quantize_int8 needs torchao ({err}); install it with: pip install 'recurnet[quant]'") from err
+        raise ImportError(
+            f"quantize_int8 needs torchao ({err}); install it with: pip install 'recurnet[quant]'") from err
 
     was_training = net.training
     net.eval()

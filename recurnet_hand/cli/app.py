@@ -49,7 +49,8 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full traceba
 
 
 # ---------------------------------------------------------------- shared options
-Preset = Annotated[Optional[str], typer.Option(help="Model preset: stb, fpha, freihand, cpu (default for train), tiny.")]
+Preset = Annotated[Optional[str],
+                   typer.Option(help="Model preset: stb, fpha, freihand, cpu (default for train), tiny.")]
 Dataset = Annotated[Optional[str], typer.Option(help="Dataset: synthetic (default), stb, fpha or freihand.")]
 DataRoot = Annotated[Optional[Path], typer.Option(help="Data root of a real dataset; synthetic: cache folder.")]
 Device = Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:1, ...")]
@@ -115,7 +116,8 @@ def train(
         "model.preset": preset, "model.mano": None if mano is None else str(mano), "model.max_loops": max_loops,
         "data.dataset": dataset, "data.root": None if data_root is None else str(data_root), "data.mix": mix,
         "data.mix_root": None if mix_root is None else str(mix_root), "data.train_samples": train_samples,
-        "data.test_samples": test_samples, "data.viewpoint": viewpoint, "data.workers": workers, "train.protocol": protocol,
+        "data.test_samples": test_samples, "data.viewpoint": viewpoint, "data.workers": workers,
+        "train.protocol": protocol,
         "train.epochs": epochs, "train.loop_epochs": loop_epochs, "train.batch_size": batch_size, "train.lr": lr,
         "gate.enabled": gate, "gate.epochs": gate_epochs, "gate.loss_scale": gate_lambda, "seed": seed,
         "device": device,

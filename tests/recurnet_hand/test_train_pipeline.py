@@ -39,7 +39,8 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path, ema):
 @pytest.mark.slow
 def test_the_cli_trains_under_torchrun_with_two_processes(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "recurnet_hand.cli", "train", "--preset", "tiny", "--max-loops", "1", "--train-samples", "16", "--test-samples", "8",
+               "-m", "recurnet_hand.cli", "train", "--preset", "tiny", "--max-loops", "1",
+               "--train-samples", "16", "--test-samples", "8",
                "--epochs", "1", "--loop-epochs", "1", "--batch-size", "4", "--gate-epochs", "2", "--workers", "0",
                "--data-root", str(tmp_path / "cache"), "--out-dir", str(tmp_path / "run"), "--device", "cpu",
                "--no-progress"]
