@@ -16,7 +16,7 @@ import io
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 from rich.progress import Progress
@@ -32,6 +32,7 @@ __all__ = [
     "eval_configs",
     "Collected",
     "collect",
+    "feedback_spread",
     "EvalRow",
     "evaluate_policies",
     "variance_thresholds",
@@ -75,6 +76,11 @@ class Collected:
         cost: the network's cost model for this input size.
         gt_vertices: ``(N, 778, 3)`` mm, relative to the true wrist, when collected with
             ``vertices=True`` (the iterations then hold predicted ``vertices`` too).
+        feedback_spread: per iteration, ``(N,)``: how much the feedback signal that fed the
+            iteration varies over the feature map (:func:`feedback_spread`); None where no
+            signal fed it (iteration 0, or a network without feedback).
+        feedback_maps: per iteration, ``(n, H, W)``: the channel mean of that signal for the
+            kept images (what :func:`recurnet_hand.plots.plot_attention` draws); None likewise.
     """
 
     output: LoopOutput
@@ -85,6 +91,8 @@ class Collected:
     images: torch.Tensor
     cost: recurnet.CostModel
     gt_vertices: torch.Tensor | None = None
+    feedback_spread: list[torch.Tensor | None] = field(default_factory=list)
+    feedback_maps: list[torch.Tensor | None] = field(default_factory=list)
 
     def predictions(self, name: str) -> torch.Tensor:
         """``(L + 1, N, ...)`` predictions of output ``name`` at every iteration."""
@@ -94,9 +102,29 @@ class Collected:
 _KEEP = ("joints2d", "joints3d")
 
 
+def feedback_spread(signal: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: each sample's spatial standard deviation of a feedback signal, averaged over channels.
+
+    For the attention decoder (maps in ``[0, 1]`` multiplied onto the extractor features), 0
+    means a uniform map: after the iteration's own normalisation it re-weights nothing, and the
+    iteration sees what iteration 0 saw.
+
+    Args:
+        signal: ``(B, C, H, W)`` (any trailing spatial dims).
+    """
+    flat = signal.float().flatten(2)
+    if flat.shape[-1] < 2:
+        return flat.new_zeros(flat.shape[0])
+    return flat.std(dim=2).mean(dim=1)
+
+
+def _cat_or_none(parts: list) -> torch.Tensor | None:
+    return None if not parts or parts[0] is None else torch.cat(parts)
+
+
 @torch.no_grad()
-def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor]], *, device: str | torch.device = "cpu",
-            keep_images: int = 12, progress: bool = True, total: int | None = None,
+def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor]], *,
+            device: str | torch.device = "cpu", keep_images: int = 12, progress: bool = True, total: int | None = None,
             vertices: bool = False) -> Collected:
     """Run ``net`` in eval mode with every sample through every iteration and gather outputs and labels.
 
@@ -115,6 +143,8 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
     was_training = net.training
     net.eval()
     parts, gt2d, gt3d, has2d, has3d, images, gt_verts = [], [], [], [], [], [], []
+    spreads: list[list] = []  # per batch, per iteration
+    maps: list[list] = []
     keep = _KEEP + (("vertices",) if vertices else ())
     cost = None
     try:
@@ -125,7 +155,9 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
                     raise ValueError("collect(vertices=True) needs samples with true 'vertices' (e.g. FreiHAND "
                                      "with vertices=True)")
                 x = batch["image"].to(device)
-                out = net(x, exit="all", count_cost=False)
+                out = net(x, exit="all", count_cost=False, return_feedback=True)
+                signals = list(out.feedback) or [None] * out.num_iterations
+                spreads.append([None if s is None else feedback_spread(s).cpu() for s in signals])
                 cost = cost or net.cost_model(tuple(x.shape[1:]))
                 iterations = [{k: v.float().cpu() for k, v in it.items() if k in keep} for it in out.iterations]
                 if vertices:
@@ -139,14 +171,18 @@ def collect(net: recurnet.LoopedNet, batches: Iterable[Mapping[str, torch.Tensor
                 has2d.append(batch["has_2d"].bool())
                 has3d.append(batch["has_3d"].bool())
                 if sum(len(i) for i in images) < keep_images:
-                    images.append(batch["image"][: keep_images - sum(len(i) for i in images)])
+                    take = keep_images - sum(len(i) for i in images)
+                    images.append(batch["image"][:take])
+                    maps.append([None if s is None else s[:take].float().mean(dim=1).cpu() for s in signals])
                 bar.advance(task)
     finally:
         net.train(was_training)
     if not parts:
         raise ValueError("evaluation data is empty")
+    spread = [_cat_or_none([b[l] for b in spreads]) for l in range(len(spreads[0]))]
+    kept = [_cat_or_none([b[l] for b in maps]) for l in range(len(maps[0]))] if maps else [None] * len(spread)
     return Collected(LoopOutput.concat(parts), torch.cat(gt2d), torch.cat(gt3d), torch.cat(has2d), torch.cat(has3d),
-                     torch.cat(images), cost, torch.cat(gt_verts) if vertices else None)
+                     torch.cat(images), cost, torch.cat(gt_verts) if vertices else None, spread, kept)
 
 
 @dataclass(frozen=True)
@@ -314,6 +350,8 @@ class LoopSummary:
             variance and its actual mean 3D error (1: the variance orders samples by error).
         sigma_mm: mean predicted per-joint 3D error scale (mm, see :func:`predicted_sigma_mm`).
         pa_mpjpe: mean 3D joint error after per-sample Procrustes alignment (mm).
+        feedback_spread: mean :func:`feedback_spread` of the signal that fed this iteration
+            (NaN for iteration 0 and without feedback). Attention maps near 0 re-weight nothing.
     """
 
     loop: int
@@ -325,6 +363,7 @@ class LoopSummary:
     variance_rank_corr: float
     sigma_mm: float
     pa_mpjpe: float = float("nan")
+    feedback_spread: float = float("nan")
 
 
 def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -333,6 +372,11 @@ def _spearman(x: torch.Tensor, y: torch.Tensor) -> float:
     if x.numel() < 3:
         return float("nan")
     return float(spearmanr(x.numpy(), y.numpy()).statistic)
+
+
+def _mean_spread(col: Collected, loop: int) -> float:
+    spread = col.feedback_spread[loop] if loop < len(col.feedback_spread) else None
+    return float("nan") if spread is None else float(spread.double().mean())
 
 
 def loop_summaries(col: Collected, cfg2d: EvalConfig, cfg3d: EvalConfig, *, unit_3d_mm: float,
@@ -350,18 +394,20 @@ def loop_summaries(col: Collected, cfg2d: EvalConfig, cfg3d: EvalConfig, *, unit
         out.append(LoopSummary(l, m3d.per_loop[l].epe_mean, m3d.per_loop[l].auc, m2d.per_loop[l].epe_mean,
                                m2d.per_loop[l].epe_mean / crop_size, float(palm),
                                _spearman(sigma.square().mean(dim=1), err), float(sigma.mean()),
-                               _pa_mpjpe(pred, gt)))
+                               _pa_mpjpe(pred, gt), _mean_spread(col, l)))
     return out
 
 
 def loop_summaries_to_markdown(rows: Iterable[LoopSummary]) -> str:
     """A markdown table of :class:`LoopSummary` rows."""
     lines = ["| loop | 3D EPE (mm) | 3D AUC | PA-MPJPE (mm) | 2D EPE (px) | 2D EPE (% crop) | palm/back right | "
-             "rank corr(var, err) | mean sigma (mm) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "rank corr(var, err) | mean sigma (mm) | feedback spread |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        spread = "-" if math.isnan(r.feedback_spread) else f"{r.feedback_spread:.4f}"
         lines.append(f"| {r.loop} | {r.epe3d:.2f} | {r.auc3d:.3f} | {r.pa_mpjpe:.2f} | {r.epe2d:.2f} | "
                      f"{100 * r.epe2d_crop:.1f} | {100 * r.palm_accuracy:.1f}% | {r.variance_rank_corr:.3f} | "
-                     f"{r.sigma_mm:.1f} |")
+                     f"{r.sigma_mm:.1f} | {spread} |")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "plot_uncertainty",
     "plot_overlays",
     "plot_reliability",
+    "plot_attention",
     "draw_skeleton",
 ]
 
@@ -247,6 +248,61 @@ def plot_overlays(
             ax.set_title(titles[i], fontsize=8)
     handles = [plt.Line2D([], [], color=c, label=f) for c, f in zip(_FINGER_COLOURS, FINGERS)]
     fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    return _save(fig, path)
+
+
+def plot_attention(
+    images,
+    maps: Mapping[int, object],
+    path: str | os.PathLike,
+    *,
+    value_range: tuple[float, float] | None = (0.0, 1.0),
+    rows: int = 6,
+) -> Path:
+    """The feedback each iteration received, next to its input image (paper Figure 3).
+
+    One row per image: the image, then for every iteration ``l`` in ``maps`` the channel
+    mean of the signal that fed it (for the attention decoder, the map in ``[0, 1]``
+    multiplied onto the extractor features), stretched to the image's size, with its spatial
+    standard deviation in the title. On the fixed ``[0, 1]`` scale a map that re-weights
+    nothing is one flat colour.
+
+    Args:
+        images: ``(N, 3, S, S)`` in ``[0, 1]``.
+        maps: iteration -> ``(N, H, W)`` channel-mean maps.
+        path: output PNG.
+        value_range: colour scale limits; None: the maps' own range, shared by all panels.
+        rows: at most this many images.
+
+    Raises:
+        ValueError: ``maps`` is empty or its arrays do not match the images.
+    """
+    imgs = _np(images)
+    if not maps:
+        raise ValueError("plot_attention needs at least one iteration's maps (the network has no feedback)")
+    arrays = {int(l): _np(m) for l, m in sorted(maps.items())}
+    for l, m in arrays.items():
+        if m.ndim != 3 or m.shape[0] < min(rows, imgs.shape[0]):
+            raise ValueError(f"maps[{l}] must be (N, H, W) with a map per image, got shape {m.shape}")
+    n = min(rows, imgs.shape[0])
+    if value_range is None:
+        lo = min(float(m[:n].min()) for m in arrays.values())
+        hi = max(float(m[:n].max()) for m in arrays.values())
+        value_range = (lo, hi if hi > lo else lo + 1e-6)
+    cols = 1 + len(arrays)
+    fig, axes = plt.subplots(n, cols, figsize=(2.0 * cols + 0.6, 2.0 * n), squeeze=False)
+    size = imgs.shape[-1]
+    shown = None
+    for i in range(n):
+        axes[i, 0].imshow(np.clip(imgs[i].transpose(1, 2, 0), 0, 1))
+        for j, (l, m) in enumerate(arrays.items(), start=1):
+            shown = axes[i, j].imshow(m[i], cmap="viridis", vmin=value_range[0], vmax=value_range[1],
+                                      extent=(-0.5, size - 0.5, size - 0.5, -0.5), interpolation="nearest")
+            axes[i, j].set_title(f"into loop {l}: map std {m[i].std():.3f}", fontsize=7)
+        for ax in axes[i]:
+            ax.set_axis_off()
+    axes[0, 0].set_title("input", fontsize=7)
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.6, label="channel mean of the feedback")
     return _save(fig, path)
 
 

@@ -180,7 +180,8 @@ def _policies(col, run: RunConfig, gate) -> dict[str, dict[str, object]]:
     return policies
 
 
-def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: float) -> dict[str, Path]:
+def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: float,
+             feedback: str = "attention") -> dict[str, Path]:
     m2d, m3d = per_loop_metrics(col, cfg2d, cfg3d)
     last = col.output.num_iterations - 1
     figures = {
@@ -188,8 +189,9 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: flo
             {**{f"loop {l} (AUC {m.auc:.3f})": (m.thresholds, m.pck) for l, m in enumerate(m3d.per_loop)},
              f"mean pose (AUC {baseline.auc:.3f})": (baseline.thresholds, baseline.pck)},
             out / "pck3d.png", unit="mm", title="3D PCK (root-relative)"),
-        "pck2d": plots.plot_pck({f"loop {l} (AUC {m.auc:.3f})": (m.thresholds, m.pck) for l, m in enumerate(m2d.per_loop)},
-                                out / "pck2d.png", unit="px", title="2D PCK"),
+        "pck2d": plots.plot_pck(
+            {f"loop {l} (AUC {m.auc:.3f})": (m.thresholds, m.pck) for l, m in enumerate(m2d.per_loop)},
+            out / "pck2d.png", unit="px", title="2D PCK"),
     }
     series: dict[str, list] = {}
     for r in rows:
@@ -200,8 +202,9 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: flo
     final = col.output.iterations[last]
     figures["uncertainty"] = plots.plot_uncertainty(
         col.images[:n], final["joints2d"][:n], col.output.log_variance[last]["joints2d"][:n], out / "uncertainty.png")
-    figures["overlays"] = plots.plot_overlays(col.images, final["joints2d"][: col.images.shape[0]], out / "overlays.png",
-                                              gt2d=col.gt2d[: col.images.shape[0]])
+    shown = col.images.shape[0]
+    figures["overlays"] = plots.plot_overlays(col.images, final["joints2d"][:shown], out / "overlays.png",
+                                              gt2d=col.gt2d[:shown])
     per_sample = torch.stack([
         (it["joints3d"] - col.gt3d).norm(dim=-1).mean(dim=-1) for it in col.output.iterations])
     figures["loss_per_loop"] = plots.plot_loss_per_loop({"this run": per_sample}, out / "error_per_loop.png",
@@ -213,6 +216,11 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: flo
         error = (col.output.iterations[l]["joints3d"][has] - col.gt3d[has]).norm(dim=-1)
         reliability[f"loop {l}"] = (sigma, error)
     figures["reliability"] = plots.plot_reliability(reliability, out / "reliability.png")
+    maps = {l: m for l, m in enumerate(col.feedback_maps) if m is not None}
+    if maps:
+        bounded = feedback == "attention"  # attention maps lie in [0, 1]; other signals get their own scale
+        figures["attention"] = plots.plot_attention(col.images, maps, out / "attention.png",
+                                                    value_range=(0.0, 1.0) if bounded else None)
     return figures
 
 
@@ -305,7 +313,7 @@ def _train(run, resume, progress, max_epochs):
     tmp.write_text(_results_markdown(loops, rows, baseline))
     os.replace(tmp, out / "results.md")
     write_rows(rows, out / "results.csv")
-    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm)
+    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm, run.model.feedback)
     per_loop = [r.auc3d for r in rows if r.policy == "fixed"]
     summary = {"precision": trainer.config.precision, "auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc,
                "baseline_epe3d": baseline.epe_mean,

@@ -368,6 +368,37 @@ def test_error_analysis_refuses_bad_arguments(bench, tmp_path, capsys):
     assert not list(tmp_path.iterdir())  # nothing written
 
 
+def test_loop_analysis_interventions_and_a_retrained_loop_phase(bench, tmp_path):
+    module = bench("loop_analysis")
+    from recurnet_hand.model import build_dirnet, preset
+
+    net = build_dirnet(preset("tiny", max_loops=1, crop_size=64)).eval()
+    x = torch.rand(2, 3, 64, 64)
+    checks = {"constant": lambda m: m.std() < 1e-6, "mean": lambda m: m.flatten(2).std(dim=2).max() < 1e-6}
+    for mode, check in checks.items():
+        wrapped = module.Intervention(net.feedback, mode)
+        inner, net.feedback = net.feedback, wrapped
+        with torch.no_grad():
+            out = net(x, exit="all", return_feedback=True)
+        net.feedback = inner
+        assert check(out.feedback[1]), mode
+    with pytest.raises(ValueError, match="'mean' or 'constant'"):
+        module.Intervention(net.feedback, "zeros")
+    assert module.main(_quick(tmp_path) + ["--retrain", "--only", "1", "4"]) == 0
+    text = _read(tmp_path, "loop_analysis")
+    assert "| 1 |" in text and "maps flattened" in text and "feature feedback instead of attention" in text
+    assert "| the default (every part at the base rate, 1 epoch) |" in text
+
+
+def test_loop_analysis_refuses_bad_arguments(bench, tmp_path, capsys):
+    module = bench("loop_analysis")
+    for argv, message in ((["--epochs", "0"], "--epochs must be >= 1"), (["--only", "9"], "--only takes rows")):
+        with pytest.raises(SystemExit):
+            module.main(argv + ["--results-dir", str(tmp_path)])
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_recipe_ablation_reuse_needs_a_runs_folder(bench, capsys):
     with pytest.raises(SystemExit):
         bench("recipe_ablation").main(["--quick", "--reuse"])

@@ -1,6 +1,7 @@
 """The recurnet-hand command line: help everywhere, a tiny end-to-end run, clear one-line errors."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_train_writes_model_results_and_figures(run_dir):
     run = root / "run"
     for name in ("model.pt", "config.yaml", "results.md", "results.csv", "summary.json", "metrics.csv",
                  "pck3d.png", "pck2d.png", "tradeoff.png", "uncertainty.png", "overlays.png", "error_per_loop.png",
-                 "checkpoints/last.pt"):
+                 "attention.png", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
     assert "mean-pose baseline" in output and "3D AUC per loop" in output
     # The printed table keeps headers and settings whole at the 80 columns of a log file.
@@ -58,6 +59,10 @@ def test_train_writes_model_results_and_figures(run_dir):
     assert len(summary["auc3d_per_loop"]) == 3  # loops 0, 1, 2
     table = (run / "results.md").read_text()
     assert "| fixed | loops=2 |" in table and "| gate | tau_gate=1 |" in table
+    # The attention maps that fed loops 1 and 2 are measured; nothing fed loop 0.
+    spreads = [loop["feedback_spread"] for loop in summary["loops"]]
+    assert math.isnan(spreads[0]) and all(0 < s < 1 for s in spreads[1:]), spreads
+    assert "feedback spread" in table
 
 
 def test_evaluate_predict_profile(run_dir, tmp_path):

@@ -17,7 +17,8 @@ from recurnet_hand import plots
 from recurnet_hand.data import STBDataset, _scene, synthetic
 from recurnet_hand.data.factory import SYNTHETIC_AUGMENT, MirrorToSide, mirror_sample
 from recurnet_hand.data.synthetic import SyntheticHands
-from recurnet_hand.evaluation import palm_facing, predicted_sigma_mm
+from recurnet_hand.evaluation import (LoopSummary, collect, feedback_spread, loop_summaries_to_markdown,
+                                      palm_facing, predicted_sigma_mm)
 from recurnet_hand.losses import HandLoss, LossConfig
 from recurnet_hand.model import build_dirnet, preset
 
@@ -268,6 +269,46 @@ def test_reliability_plot(tmp_path):
     sigma = rng.uniform(5, 30, 500)
     path = plots.plot_reliability({"loop 0": (sigma, np.abs(rng.normal(size=500)) * sigma)}, tmp_path / "r.png")
     assert path.stat().st_size > 1000
+
+
+def test_feedback_spread_is_zero_for_uniform_maps_and_grows_with_contrast():
+    flat = torch.full((2, 3, 4, 4), 0.5)
+    torch.testing.assert_close(feedback_spread(flat), torch.zeros(2))
+    contrast = flat.clone()
+    contrast[1, :, :2] = 0.9  # sample 1: top half brighter in every channel
+    spread = feedback_spread(contrast)
+    assert spread[0] == 0 and spread[1] == pytest.approx(float(contrast[1, 0].std()))
+    assert feedback_spread(torch.rand(3, 2, 1, 1)).tolist() == [0.0, 0.0, 0.0]  # a 1x1 map cannot vary
+
+
+def test_collect_keeps_the_attention_that_fed_each_loop(tmp_path):
+    data = SyntheticHands(6, S, seed=5, cache_dir=tmp_path / "c", workers=0, progress=False)
+    loader = torch.utils.data.DataLoader(data, batch_size=4)
+    col = collect(build_dirnet(preset("tiny", max_loops=2, crop_size=S)), loader, keep_images=5, progress=False)
+    assert col.feedback_spread[0] is None and col.feedback_maps[0] is None
+    assert [tuple(s.shape) for s in col.feedback_spread[1:]] == [(6,), (6,)]
+    assert all(m.shape[0] == 5 and m.dim() == 3 for m in col.feedback_maps[1:])
+    assert all(float(m.min()) >= 0 and float(m.max()) <= 1 for m in col.feedback_maps[1:])  # sigmoid maps
+    path = plots.plot_attention(col.images, {1: col.feedback_maps[1], 2: col.feedback_maps[2]}, tmp_path / "a.png")
+    assert path.stat().st_size > 1000
+    plain = collect(build_dirnet(preset("tiny", max_loops=1, crop_size=S, feedback="none")), loader,
+                    progress=False)
+    assert plain.feedback_spread == [None, None] and plain.feedback_maps == [None, None]
+
+
+def test_attention_plot_refuses_missing_or_mismatched_maps(tmp_path):
+    images = torch.rand(3, 3, S, S)
+    with pytest.raises(ValueError, match="at least one iteration"):
+        plots.plot_attention(images, {}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"maps\[1\] must be \(N, H, W\)"):
+        plots.plot_attention(images, {1: torch.rand(3, 8)}, tmp_path / "a.png")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_loop_summaries_from_files_without_feedback_spread_still_load():
+    row = LoopSummary(0, 30.0, 0.5, 6.0, 0.06, 0.98, 0.6, 33.0, 16.0)
+    assert math.isnan(row.feedback_spread)
+    assert "| 0 | 30.00 |" in loop_summaries_to_markdown([row]) and "| - |" in loop_summaries_to_markdown([row])
 
 
 # ---------------------------------------------------------------------------- it learns
