@@ -24,6 +24,8 @@ from .evaluation import (
     collect,
     eval_configs,
     evaluate_policies,
+    loop_summaries,
+    loop_summaries_to_markdown,
     mesh_summaries,
     mesh_summaries_to_markdown,
     variance_thresholds,
@@ -108,7 +110,10 @@ def evaluate_model(path: str | os.PathLike, *, dataset: str | None = None, root:
         root: data root (synthetic: cache folder).
         samples: synthetic test images (default: the run's).
         preset: expected preset (checked).
-        out_dir: where to write ``eval.md``/``eval.csv`` and ``eval_tradeoff.png`` (None: nothing written).
+        out_dir: where to write ``eval.md``/``eval.csv`` and ``eval_tradeoff.png`` (None: nothing written);
+            with 3D labels also ``eval_loops.md`` (every loop's errors, palm/back accuracy, calibration and
+            feedback spread, :func:`recurnet_hand.evaluation.loop_summaries`), and for a network with
+            feedback ``eval_attention.png`` (:func:`recurnet_hand.plots.plot_attention`).
         temperatures: gate temperatures to sweep (default: the run's).
         auc_range: 3D AUC threshold range in mm (default: the dataset's).
         batch_size: evaluation batch size.
@@ -157,7 +162,24 @@ def evaluate_model(path: str | os.PathLike, *, dataset: str | None = None, root:
         for r in rows:
             series.setdefault(r.policy, []).append((r.mean_gmacs, r.auc3d, r.setting.split("=")[-1]))
         plots.plot_tradeoff(series, out / "eval_tradeoff.png")
+        _write_loops(col, run, cfg2d, cfg3d, out)
     return rows
+
+
+def _write_loops(col, run: RunConfig, cfg2d, cfg3d, out: Path) -> None:
+    # Files from an earlier evaluation that this one cannot write would no longer describe it.
+    for name in ("eval_loops.md", "eval_attention.png"):
+        (out / name).unlink(missing_ok=True)
+    if col.has_3d.any():
+        loops = loop_summaries(col, cfg2d, cfg3d, unit_3d_mm=run.loss.unit_3d_mm, crop_size=run.model.crop_size,
+                               is_right=run.model.side == "right")
+        tmp = out / ".eval_loops.md.tmp"
+        tmp.write_text("Every sample through every loop:\n\n" + loop_summaries_to_markdown(loops) + "\n")
+        os.replace(tmp, out / "eval_loops.md")
+    maps = {l: m for l, m in enumerate(col.feedback_maps) if m is not None}
+    if maps:
+        plots.plot_attention(col.images, maps, out / "eval_attention.png",
+                             value_range=(0.0, 1.0) if run.model.feedback == "attention" else None)
 
 
 def _copy_gate(gate: recurnet.LearnedGate, temperature: float) -> recurnet.LearnedGate:

@@ -164,12 +164,15 @@ def evaluate(
                           preset=preset, out_dir=out_dir or model.parent, temperatures=temperature, auc_range=rng,
                           device=device or "cpu")
     _console.print(_table(f"{model}", rows))
-    mesh = Path(out_dir or model.parent) / "eval_mesh.md"
+    folder = Path(out_dir or model.parent)
+    mesh = folder / "eval_mesh.md"
     if mesh.is_file():  # written by this evaluation (FreiHAND, MANO head), removed otherwise
         _console.print(mesh.read_text(), markup=False)
-        _console.print(f"wrote eval.md, eval.csv, eval_mesh.md and eval_tradeoff.png to {out_dir or model.parent}")
-    else:
-        _console.print(f"wrote eval.md, eval.csv and eval_tradeoff.png to {out_dir or model.parent}")
+    if (folder / "eval_loops.md").is_file():
+        _console.print((folder / "eval_loops.md").read_text(), markup=False)
+    written = [name for name in ("eval.md", "eval.csv", "eval_loops.md", "eval_mesh.md", "eval_tradeoff.png",
+                                 "eval_attention.png") if (folder / name).is_file()]
+    _console.print(f"wrote {', '.join(written[:-1])} and {written[-1]} to {folder}")
 
 
 @app.command()

@@ -72,6 +72,9 @@ def test_evaluate_predict_profile(run_dir, tmp_path):
                     "--temperature", "0.5", "--temperature", "2")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ev" / "eval.md").is_file() and "tau_gate=2" in (tmp_path / "ev" / "eval.md").read_text()
+    loops = (tmp_path / "ev" / "eval_loops.md").read_text()
+    assert "| 2 |" in loops and "feedback spread" in loops and (tmp_path / "ev" / "eval_attention.png").is_file()
+    assert "eval_loops.md" in result.output and "eval_attention.png" in result.output
 
     images = tmp_path / "imgs"
     images.mkdir()
