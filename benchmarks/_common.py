@@ -160,6 +160,15 @@ def add_common_args(
     return parser
 
 
+def add_model_args(parser: argparse.ArgumentParser, default_model: Path) -> argparse.ArgumentParser:
+    """Add ``--model`` (a run's ``model.pt``, default ``default_model``) and ``--cache`` (the synthetic data cache)."""
+    parser.add_argument("--model", type=Path, default=default_model,
+                        help="a run's model.pt (default: the shipped model)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="synthetic data cache (default: recurnet-hand's; a temporary one with --quick)")
+    return parser
+
+
 def add_runs_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--out`` (a folder for the training runs) and ``--reuse`` (read finished runs back)."""
     parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.spatial.transform import Rotation  # noqa: E402
 
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, add_model_args, markdown_table, setup, write_results  # noqa: E402
 
 import recurnet_hand  # noqa: E402
 from recurnet_hand.data.factory import DatasetSpec, build_dataset  # noqa: E402
@@ -104,10 +104,7 @@ def decompose(first: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) ->
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, timing=False)
-    parser.add_argument("--model", type=Path, default=recurnet_hand.SHIPPED_MODEL,
-                        help="a run's model.pt (default: the shipped model)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="synthetic data cache (default: recurnet-hand's; a temporary one with --quick)")
+    add_model_args(parser, recurnet_hand.SHIPPED_MODEL)
     parser.add_argument("--samples", type=int, default=None,
                         help="test hands, at most the run's test set size (default: all of them)")
     args = parser.parse_args(argv)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
-from _common import add_common_args, markdown_table, setup, write_results  # noqa: E402
+from _common import add_common_args, add_model_args, markdown_table, setup, write_results  # noqa: E402
 
 import recurnet  # noqa: E402
 import recurnet_hand  # noqa: E402
@@ -158,10 +158,7 @@ def retrain(state: dict, run: RunConfig, train_set, test, device, overrides: dic
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, timing=False)
-    parser.add_argument("--model", type=Path, default=recurnet_hand.SHIPPED_MODEL,
-                        help="a run's model.pt (default: the shipped model)")
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="synthetic data cache (default: recurnet-hand's; a temporary one with --quick)")
+    add_model_args(parser, recurnet_hand.SHIPPED_MODEL)
     parser.add_argument("--retrain", action="store_true", help="also retrain the loop phase once per variant")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the retrained loop phase (default 1)")
     parser.add_argument("--only", type=int, nargs="+", default=None, metavar="ROW",
