@@ -8,8 +8,8 @@ be. This example loads the small DIR-Net that ships with the package (the ``cpu`
 preset, trained on synthetic hands by ``benchmarks/default_run.py --ship``, the
 same job as ``recurnet-hand train``), runs it on held-out rendered hands, draws every
 iteration's joints with a blob of its predicted ``sigma`` around each joint, checks
-that the predicted variances track the actual errors, and lets the variances decide
-the exits.
+that the predicted variances track the actual errors, shows the attention maps that
+feed the later iterations, and lets the variances decide the exits.
 """
 
 import matplotlib.pyplot as plt
@@ -117,6 +117,35 @@ ax.set_xlabel("predicted RMS joint error (mm)")
 ax.set_ylabel("actual RMS joint error (mm)")
 ax.set_title(f"one dot per hand; rank correlation {rank:.2f}", fontsize=9)
 fig.tight_layout()
+plt.show()
+
+# %%
+# What the loops see
+# ------------------
+# Each later iteration re-reads the extractor's features multiplied by an attention
+# map that the previous iteration drew (``return_feedback=True`` keeps them).
+# :func:`~recurnet_hand.evaluation.feedback_spread` measures how much a map varies
+# over the feature map; :func:`~recurnet_hand.plots.plot_attention` draws the maps on a
+# fixed 0-1 scale. On this model they are nearly flat, which is why the iterations
+# above score alike (``benchmarks/loop_analysis.py`` measures it).
+
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from PIL import Image  # noqa: E402
+
+from recurnet_hand import plots  # noqa: E402
+from recurnet_hand.evaluation import feedback_spread  # noqa: E402
+
+with torch.no_grad():
+    fed = net(data["image"][:4], exit="all", return_feedback=True).feedback
+for l in range(1, len(fed)):
+    print(f"map into iteration {l}: mean {fed[l].mean():.3f}, spread {feedback_spread(fed[l]).mean():.4f}")
+maps = {l: fed[l].mean(dim=1) for l in range(1, len(fed))}
+path = plots.plot_attention(data["image"][:4], maps, Path(tempfile.mkdtemp()) / "attention.png", rows=4)
+fig, ax = plt.subplots(figsize=(7, 6))
+ax.imshow(Image.open(path))
+ax.set_axis_off()
 plt.show()
 
 # %%
