@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -130,9 +131,10 @@ def train(
     per_loop = ", ".join(f"{a:.3f}" for a in summary.auc3d_per_loop)
     _console.print(f"3D AUC per loop: {per_loop}; mean-pose baseline: {summary.baseline_auc3d:.3f}")
     for r in summary.loops:
+        spread = "" if math.isnan(r.feedback_spread) else f", feedback spread {r.feedback_spread:.3f}"
         _console.print(f"loop {r.loop}: 3D EPE {r.epe3d:.1f} mm, 2D EPE {100 * r.epe2d_crop:.1f}% of the crop, "
                        f"palm/back {100 * r.palm_accuracy:.0f}% right, rank corr(variance, error) "
-                       f"{r.variance_rank_corr:.2f}")
+                       f"{r.variance_rank_corr:.2f}{spread}")
     _console.print(f"mean-pose baseline: 3D EPE {summary.baseline_epe3d:.1f} mm")
     _console.print(f"wrote {summary.model_path} and results, figures in {summary.out_dir}")
 

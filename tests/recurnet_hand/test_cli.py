@@ -62,7 +62,7 @@ def test_train_writes_model_results_and_figures(run_dir):
     # The attention maps that fed loops 1 and 2 are measured; nothing fed loop 0.
     spreads = [loop["feedback_spread"] for loop in summary["loops"]]
     assert math.isnan(spreads[0]) and all(0 < s < 1 for s in spreads[1:]), spreads
-    assert "feedback spread" in table
+    assert "feedback spread" in table and "feedback spread" in output  # loops 1 and 2 print theirs
 
 
 def test_evaluate_predict_profile(run_dir, tmp_path):
