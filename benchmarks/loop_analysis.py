@@ -118,11 +118,9 @@ def inspect(net, run: RunConfig, test, device, figure: Path | None):
     rows = [[r.loop, f"{r.epe3d:.2f}", "-" if r.loop == 0 else f"{errors['mean'][r.loop]:.2f}",
              "-" if r.loop == 0 else f"{errors['constant'][r.loop]:.2f}", _spread(r.feedback_spread)]
             for r in trained]
-    maps = {l: m for l, m in enumerate(col.feedback_maps) if m is not None}
     path = None
-    if figure is not None and maps:
-        path = plots.plot_attention(col.images, maps, figure,
-                                    value_range=(0.0, 1.0) if run.model.feedback == "attention" else None)
+    if figure is not None and col.maps_by_loop():
+        path = plots.plot_attention(col.images, col.maps_by_loop(), figure)
     return rows, path
 
 

@@ -94,6 +94,10 @@ class Collected:
     feedback_spread: list[torch.Tensor | None] = field(default_factory=list)
     feedback_maps: list[torch.Tensor | None] = field(default_factory=list)
 
+    def maps_by_loop(self) -> dict[int, torch.Tensor]:
+        """``{iteration: (n, H, W)}`` for the iterations a feedback signal fed (empty without feedback)."""
+        return {l: m for l, m in enumerate(self.feedback_maps) if m is not None}
+
     def predictions(self, name: str) -> torch.Tensor:
         """``(L + 1, N, ...)`` predictions of output ``name`` at every iteration."""
         return torch.stack([it[name] for it in self.output.iterations])

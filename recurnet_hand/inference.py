@@ -176,10 +176,8 @@ def _write_loops(col, run: RunConfig, cfg2d, cfg3d, out: Path) -> None:
         tmp = out / ".eval_loops.md.tmp"
         tmp.write_text("Every sample through every loop:\n\n" + loop_summaries_to_markdown(loops) + "\n")
         os.replace(tmp, out / "eval_loops.md")
-    maps = {l: m for l, m in enumerate(col.feedback_maps) if m is not None}
-    if maps:
-        plots.plot_attention(col.images, maps, out / "eval_attention.png",
-                             value_range=(0.0, 1.0) if run.model.feedback == "attention" else None)
+    if col.maps_by_loop():
+        plots.plot_attention(col.images, col.maps_by_loop(), out / "eval_attention.png")
 
 
 def _copy_gate(gate: recurnet.LearnedGate, temperature: float) -> recurnet.LearnedGate:

@@ -256,7 +256,7 @@ def plot_attention(
     maps: Mapping[int, object],
     path: str | os.PathLike,
     *,
-    value_range: tuple[float, float] | None = (0.0, 1.0),
+    value_range: tuple[float, float] | None = None,
     rows: int = 6,
 ) -> Path:
     """The feedback each iteration received, next to its input image (paper Figure 3).
@@ -271,7 +271,8 @@ def plot_attention(
         images: ``(N, 3, S, S)`` in ``[0, 1]``.
         maps: iteration -> ``(N, H, W)`` channel-mean maps.
         path: output PNG.
-        value_range: colour scale limits; None: the maps' own range, shared by all panels.
+        value_range: colour scale limits. None (the default): ``[0, 1]`` when every map lies
+            in it, as attention maps always do, else the maps' own range, shared by all panels.
         rows: at most this many images.
 
     Raises:
@@ -288,7 +289,7 @@ def plot_attention(
     if value_range is None:
         lo = min(float(m[:n].min()) for m in arrays.values())
         hi = max(float(m[:n].max()) for m in arrays.values())
-        value_range = (lo, hi if hi > lo else lo + 1e-6)
+        value_range = (0.0, 1.0) if lo >= 0.0 and hi <= 1.0 else (lo, hi if hi > lo else lo + 1e-6)
     cols = 1 + len(arrays)
     fig, axes = plt.subplots(n, cols, figsize=(2.0 * cols + 0.6, 2.0 * n), squeeze=False)
     size = imgs.shape[-1]

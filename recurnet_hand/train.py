@@ -180,8 +180,7 @@ def _policies(col, run: RunConfig, gate) -> dict[str, dict[str, object]]:
     return policies
 
 
-def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: float,
-             feedback: str = "attention") -> dict[str, Path]:
+def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: float) -> dict[str, Path]:
     m2d, m3d = per_loop_metrics(col, cfg2d, cfg3d)
     last = col.output.num_iterations - 1
     figures = {
@@ -216,11 +215,8 @@ def _figures(out: Path, col, rows, cfg2d, cfg3d, baseline, loss, unit_3d_mm: flo
         error = (col.output.iterations[l]["joints3d"][has] - col.gt3d[has]).norm(dim=-1)
         reliability[f"loop {l}"] = (sigma, error)
     figures["reliability"] = plots.plot_reliability(reliability, out / "reliability.png")
-    maps = {l: m for l, m in enumerate(col.feedback_maps) if m is not None}
-    if maps:
-        bounded = feedback == "attention"  # attention maps lie in [0, 1]; other signals get their own scale
-        figures["attention"] = plots.plot_attention(col.images, maps, out / "attention.png",
-                                                    value_range=(0.0, 1.0) if bounded else None)
+    if col.maps_by_loop():
+        figures["attention"] = plots.plot_attention(col.images, col.maps_by_loop(), out / "attention.png")
     return figures
 
 
@@ -313,7 +309,7 @@ def _train(run, resume, progress, max_epochs):
     tmp.write_text(_results_markdown(loops, rows, baseline))
     os.replace(tmp, out / "results.md")
     write_rows(rows, out / "results.csv")
-    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm, run.model.feedback)
+    figures = _figures(out, col, rows, cfg2d, cfg3d, baseline, loss, run.loss.unit_3d_mm)
     per_loop = [r.auc3d for r in rows if r.policy == "fixed"]
     summary = {"precision": trainer.config.precision, "auc3d_per_loop": per_loop, "baseline_auc3d": baseline.auc,
                "baseline_epe3d": baseline.epe_mean,

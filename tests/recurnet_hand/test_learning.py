@@ -294,6 +294,9 @@ def test_collect_keeps_the_attention_that_fed_each_loop(tmp_path):
     plain = collect(build_dirnet(preset("tiny", max_loops=1, crop_size=S, feedback="none")), loader,
                     progress=False)
     assert plain.feedback_spread == [None, None] and plain.feedback_maps == [None, None]
+    assert sorted(col.maps_by_loop()) == [1, 2] and plain.maps_by_loop() == {}
+    # Signals outside [0, 1] (additive feedback) are drawn on their own scale.
+    assert plots.plot_attention(col.images, {1: 5.0 * col.feedback_maps[1] - 2.0}, tmp_path / "b.png").is_file()
 
 
 def test_attention_plot_refuses_missing_or_mismatched_maps(tmp_path):
