@@ -63,8 +63,10 @@ class TrainConfig:
         input_key: batch key of the ``(B, C, H, W)`` images.
         precision: ``"float32"`` or ``"bfloat16"``: the forward pass under
             :func:`torch.autocast` in bfloat16 (weights, optimizer and loss stay float32). On
-            CPUs with AMX or AVX-512 bf16 and on recent GPUs the step is faster; a setting of
-            the result (it must match on resume).
+            CPUs with AMX or AVX-512 bf16 and on recent GPUs the step is faster; elsewhere
+            bfloat16 is emulated (a CPU with AVX2 only runs the step many times slower) and
+            the :class:`~recurnet.training.Trainer` warns (:func:`~recurnet.training.native_bfloat16` decides). A
+            setting of the result (it must match on resume).
         ema: keep an exponential moving average of the weights in every phase with this decay
             (e.g. ``0.999``) and end each phase on the average (:class:`~recurnet.training.ema.WeightAverage`);
             None: off. Evaluation callbacks inside a phase see the current weights.

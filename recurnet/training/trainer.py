@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..output import LoopOutput
 from .allocator import tune_allocator
 from .checkpoint import CheckpointError, check_config, ensure_writable, load_checkpoint, save_checkpoint
-from .config import TrainConfig, config_to_dict
+from .config import TrainConfig, config_to_dict, native_bfloat16
 from .distributed import DistributedContext, current_context, unwrap
 from .ema import WeightAverage
 from .log import MetricLogger, check_tensorboard, make_progress
@@ -219,6 +220,10 @@ class Trainer:
         self.config = config
         self.context = current_context()
         self.device = _resolve_device(config.device, self.context)
+        if config.precision == "bfloat16" and not native_bfloat16(self.device):
+            warnings.warn(f"precision 'bfloat16' on {self.device}, which does not compute bfloat16 natively: the "
+                          "forward is emulated and runs several times slower than float32; train with "
+                          "precision='float32' here", RuntimeWarning, stacklevel=2)
         self.model = model.to(self.device)
         if config.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -96,3 +96,24 @@ def test_bf16_cross_entropy_path(net):
         out = net(_images(3), exit="all")
     ce = nnf.cross_entropy(out.final["logits"].float(), torch.tensor([0, 1, 2]))
     assert torch.isfinite(ce)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_the_trainer_warns_when_bfloat16_would_be_emulated(monkeypatch, native):
+    from recurnet.training import EndToEnd, TrainConfig, Trainer
+    from recurnet.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bfloat16", lambda device: native)
+    net = loopify("test_resnet", 2, max_loops=1, check_size=(32, 32), heads={"y": lambda c: nn.Linear(c, 1)})
+    data = [{"image": torch.randn(3, 32, 32), "y": torch.zeros(1)} for _ in range(4)]
+    config = TrainConfig(EndToEnd(epochs=1), batch_size=2, precision="bfloat16", progress=False)
+    loss = LoopLoss([LossTerm("y", "y")])
+    if native:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            Trainer(net, loss, data, config)
+    else:
+        with pytest.warns(RuntimeWarning, match="not compute bfloat16 natively.*float32"):
+            Trainer(net, loss, data, config)
