@@ -41,6 +41,8 @@ Run (about 30 minutes on 2 cores)::
     python benchmarks/recipe_ablation.py --out runs/ablation --reuse   # keep the runs; rerun only changed rows
     python benchmarks/recipe_ablation.py --quick     # a minute; checks the script, numbers mean little
     python benchmarks/recipe_ablation.py --only 31 37 38 39 40   # some rows, to recipe_ablation_selected.md
+    python benchmarks/recipe_ablation.py --float32   # a CPU without native bfloat16 (every row in float32)
+    python benchmarks/recipe_ablation.py --only 31 41 42 --float32 --name recipe_ablation_batch16
 """
 
 from __future__ import annotations
@@ -123,6 +125,8 @@ ROWS = [
     ("  heatmaps at twice the resolution (targets 4 px wide)", {**DEFAULT, "model.heatmap_upsample": 2}),
     ("  heatmaps at twice the resolution, targets 8 px wide", {**DEFAULT, "model.heatmap_upsample": 2,
                                                               "loss.heatmap_sigma": 2.0}),
+    ("  batch 16", {**DEFAULT, "train.batch_size": 16}),
+    ("  batch 16, lr 3e-3", {**DEFAULT, "train.batch_size": 16, "train.lr": 3e-3}),
 ]
 
 
@@ -162,6 +166,11 @@ def main(argv=None) -> int:
     parser.add_argument("--train-samples", type=int, default=4000, help="synthetic training images (default 4000)")
     parser.add_argument("--test-samples", type=int, default=500, help="synthetic test images (default 500)")
     parser.add_argument("--only", type=int, nargs="*", default=None, help="row numbers to run (default all)")
+    parser.add_argument("--name", default="recipe_ablation_selected",
+                        help="results file (without .md) of an --only run (default recipe_ablation_selected)")
+    parser.add_argument("--float32", action="store_true",
+                        help="train every row in float32: on a CPU without native bfloat16 the rows that pin a "
+                             "bfloat16 forward would run it emulated, many times slower")
     parser.add_argument("--cache", type=Path, default=None,
                         help="synthetic data cache (default: recurnet-hand's cache; a temporary one with --quick)")
     add_runs_args(parser)
@@ -178,6 +187,8 @@ def main(argv=None) -> int:
     for i, (label, overrides) in enumerate(ROWS):
         if args.only is not None and i not in args.only:
             continue
+        if args.float32:
+            overrides = {**overrides, "train.precision": "float32"}
         run = with_overrides(RunConfig(), {**base, **overrides, "data.root": cache, "device": str(device),
                                            "out_dir": str(out_root / f"row{i}")})
         record = _finished(run, out_root) if args.reuse else None
@@ -196,14 +207,16 @@ def main(argv=None) -> int:
             f"32 from there on), loop 0 only, {args.epochs} epochs over "
             f"{args.train_samples} synthetic training images (in-plane rotations up to 30 degrees where the rows "
             f"augment), seed 0, evaluated on {args.test_samples} held-out "
-            f"test images (`stb` viewpoints). Minutes: training and evaluation of the row (the data ready).\n\n"
+            f"test images (`stb` viewpoints)"
+            + ("; every row trained in float32 (`--float32`), bfloat16 rows included" if args.float32 else "")
+            + ". Minutes: training and evaluation of the row (the data ready).\n\n"
             + markdown_table(headers, lines))
     if baseline is not None:
         body += f"\n\nMean-pose baseline on the same test set: 3D EPE {baseline[0]:.1f} mm, 3D AUC {baseline[1]:.3f}.\n"
     # A subset of rows (rerun side by side on one machine) goes to its own file, so the full
     # table is only ever written whole.
     name, title = (("recipe_ablation", "Training recipe ablation (synthetic hands)") if args.only is None else
-                   ("recipe_ablation_selected", "Training recipe ablation: selected rows rerun together"))
+                   (args.name, "Training recipe ablation: selected rows rerun together"))
     path = write_results(name, title, body, results_dir=args.results_dir,
                          argv=sys.argv[1:] if argv is None else argv, device=device, script="recipe_ablation.py",
                          timed=False)
