@@ -14,6 +14,11 @@ Measured, at batch 1 under ``torch.inference_mode()``, in interleaved rounds:
 
 - float32 eager, float32 compiled (inductor, frozen weights), bfloat16 compiled (an
   autocast forward, where the CPU computes bf16 natively), int8 compiled;
+- where ``onnxruntime`` is installed (``pip install -e ".[export]"``), the other int8 route:
+  the fixed-loop graph exported to ONNX (``benchmarks/bench_export.py``'s exporter) and run
+  by ONNX Runtime in float32 and quantised statically to int8 by
+  :func:`onnxruntime.quantization.quantize_static` (QDQ, activations per tensor, weights per
+  channel, convolutions and matrix products), calibrated on the same images as the torch path;
 - for the ``fpha`` and ``stb`` presets at 224 px (random weights; calibrated on random
   images) and for the shipped trained model (:data:`recurnet_hand.SHIPPED_MODEL`,
   the ``cpu`` preset at 96 px), whose accuracy is also measured: 3D EPE of the first and
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -36,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import add_common_args, markdown_table, setup, time_interleaved, write_results  # noqa: E402
-from bench_export import FixedLoopGraph  # noqa: E402
+from bench_export import FixedLoopGraph, _onnx, _session, exportable_copy  # noqa: E402
 
 __all__ = ["main"]
 
@@ -52,7 +58,54 @@ def _call_frozen(compiled, x):
         return compiled(x)
 
 
-def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool) -> dict:
+class _Calibration:
+    """ONNX Runtime's calibration reader over a list of image batches."""
+
+    def __init__(self, batches):
+        self._batches = iter([{"images": b.numpy()} for b in batches])
+
+    def get_next(self):
+        return next(self._batches, None)
+
+
+def _onnx_variants(net, example: torch.Tensor, calibration, threads: int, folder: Path) -> dict:
+    """float32 and static int8 (QDQ, weights per channel) ONNX Runtime sessions of the fixed-loop graph.
+
+    Each variant maps images to the graph's outputs as torch tensors (``joints3d`` first). On
+    a CPU without VNNI the weights are quantised to 7 bits (ONNX Runtime's ``reduce_range``),
+    its remedy for the 16-bit saturation of those CPUs' int8 products.
+    """
+    from recurnet_hand.quantize import cpu_has_vnni
+
+    import warnings
+
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    graph = FixedLoopGraph(exportable_copy(net)).eval()
+    fp32, pre, int8 = folder / "fp32.onnx", folder / "pre.onnx", folder / "int8.onnx"
+    # Traced at batch 2, as bench_export does: at batch 1 the tracer bakes the batch into some reshapes.
+    _onnx(graph, None, (example[:1].expand(2, -1, -1, -1).contiguous(),), ["images"], graph.output_names(), fp32,
+          "torchscript")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(int8), _Calibration(calibration), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                        op_types_to_quantize=["Conv", "MatMul", "Gemm"], reduce_range=not cpu_has_vnni())
+    out = {}
+    for name, path in (("float32 ONNX Runtime", fp32), ("int8 ONNX Runtime", int8)):
+        session = _session(path, threads)
+
+        def run(x, session=session):
+            return tuple(torch.from_numpy(o) for o in session.run(None, {"images": x.numpy()}))
+
+        out[name] = run
+    return out
+
+
+def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool, onnx: Path | None = None,
+              threads: int = 2) -> dict:
     graph = FixedLoopGraph(net).eval()
     out = {"float32 eager": lambda x: graph(x)}
     fp32 = _frozen_compile(graph)
@@ -69,6 +122,8 @@ def _variants(net, example: torch.Tensor, calibration, bf16: bool, int8: bool) -
 
         q = quantize_int8(net, calibration)
         out["int8 compiled"] = lambda x: (torch.stack([it["joints3d"] for it in q(x).iterations]),)
+    if onnx is not None:
+        out.update(_onnx_variants(net, example, calibration, threads, onnx))
     with torch.inference_mode():
         for fn in out.values():  # compile now, outside the timed rounds
             fn(example)
@@ -81,9 +136,11 @@ def _latency(label: str, variants: dict, x: torch.Tensor, warmup: int, repeats: 
                                  repeats=repeats)
     base = stats["float32 eager"].median
     base_c = stats["float32 compiled"].median
+    base_o = stats["float32 ONNX Runtime"].median if "float32 ONNX Runtime" in stats else None
     rows = []
     for name, s in stats.items():
-        rows.append([label, name, f"{1e3 * s.median:.2f}", f"{s.median / base:.2f}", f"{s.median / base_c:.2f}"])
+        rows.append([label, name, f"{1e3 * s.median:.2f}", f"{s.median / base:.2f}", f"{s.median / base_c:.2f}"]
+                    + ([f"{s.median / base_o:.2f}"] if base_o is not None else []))
         print(f"{label} {name}: {1e3 * s.median:.2f} ms ({s.median / base:.2f} of float32 eager, "
               f"{s.median / base_c:.2f} of float32 compiled)", flush=True)
     return rows
@@ -126,6 +183,15 @@ def main(argv=None) -> int:
     from recurnet_hand.train import default_cache_dir
 
     int8 = importlib.util.find_spec("torchao") is not None
+    ort = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+    scratch = Path(tempfile.mkdtemp(prefix="bench-quant-onnx-"))
+
+    def onnx_dir(label: str) -> Path | None:
+        if not ort:
+            return None
+        (scratch / label).mkdir()
+        return scratch / label
+
     bf16 = native_bfloat16("cpu")
     presets, size, test_samples, calib = args.presets, 224, args.test_samples, args.calibration
     if args.quick:
@@ -137,8 +203,8 @@ def main(argv=None) -> int:
         gen = torch.Generator().manual_seed(1)
         calibration = [torch.rand(32, 3, size, size, generator=gen) for _ in range(calib)]
         x = torch.rand(1, 3, size, size, generator=gen)
-        rows += _latency(f"`{name}`, {size} px, random weights", _variants(net, x, calibration, bf16, int8), x,
-                         args.warmup, args.repeats)
+        variants = _variants(net, x, calibration, bf16, int8, onnx_dir(name), args.threads)
+        rows += _latency(f"`{name}`, {size} px, random weights", variants, x, args.warmup, args.repeats)
 
     net, run = load_model(SHIPPED_MODEL)
     crop = run.model.crop_size
@@ -153,7 +219,7 @@ def main(argv=None) -> int:
     images = torch.stack([s["image"] for s in test])
     gt3d = torch.stack([s["joints3d"] - s["joints3d"][:1] for s in test])
     calibration = [torch.stack([train_set[i]["image"] for i in range(32 * b, 32 * b + 32)]) for b in range(calib)]
-    shipped = _variants(net, images[:1], calibration, bf16, int8)
+    shipped = _variants(net, images[:1], calibration, bf16, int8, onnx_dir("shipped"), args.threads)
     rows += _latency(f"shipped `{run.model.name}` model, {crop} px", shipped, images[:1], args.warmup, args.repeats)
     accuracy, reference = [], None
     for name, variant in shipped.items():
@@ -162,9 +228,18 @@ def main(argv=None) -> int:
         accuracy.append([name, f"{first:.2f}", f"{last:.2f}", f"{last - reference[1]:+.2f}"])
         print(f"accuracy {name}: loop 0 {first:.2f} mm, last loop {last:.2f} mm", flush=True)
 
+    from recurnet_hand.quantize import cpu_has_vnni
+
     notes = []
+    if not cpu_has_vnni():
+        notes.append("This CPU has no VNNI, so the int8 paths quantise one side of each product to 7 bits "
+                     "(`quantize_int8`'s default `reduce_range`: activations; ONNX Runtime's `reduce_range`: "
+                     "weights): at full range its 16-bit int8 sums saturate and the error grows.")
     if not int8:
         notes.append("torchao is not installed here, so the int8 rows are missing (`pip install -e \".[quant]\"`).")
+    if not ort:
+        notes.append("onnxruntime is not installed here, so the ONNX Runtime rows are missing "
+                     "(`pip install -e \".[export]\"`).")
     if not bf16:
         notes.append("This CPU has no native bfloat16 (AVX-512 bf16 or AMX), so the bfloat16 rows are missing.")
     body = "\n".join([
@@ -172,7 +247,8 @@ def main(argv=None) -> int:
         "rounds, every variant once per round (alternating order); medians. Every variant runs all loops "
         "(the fixed-loop graph). Ratios are against float32 eager and float32 compiled in the same run.",
         "",
-        markdown_table(["model", "variant", "ms", "/ float32 eager", "/ float32 compiled"], rows, "llrrr"),
+        markdown_table(["model", "variant", "ms", "/ float32 eager", "/ float32 compiled"]
+                       + (["/ float32 ONNX Runtime"] if ort else []), rows, "llrrr" + ("r" if ort else "")),
         "",
         f"## Accuracy of the shipped model ({n} held-out synthetic test images, {crop} px)",
         "",
@@ -184,6 +260,7 @@ def main(argv=None) -> int:
     path = write_results("quant", "Int8 and bfloat16 inference against float32", body, results_dir=args.results_dir,
                          argv=sys.argv[1:] if argv is None else argv, device=device, script=Path(__file__).name,
                          clock=args.clock)
+    shutil.rmtree(scratch, ignore_errors=True)
     print(f"wrote {path}")
     return 0
 

@@ -7,7 +7,9 @@ graph's nodes by the module that made them), exports it with :func:`torch.export
 activations per tensor, weights per channel, convolutions and linear layers), runs the
 calibration images through the observers, converts it, and compiles it with inductor and
 frozen weights, which lowers the quantised convolutions to oneDNN's int8 kernels (AMX or
-VNNI where the CPU has them). The pose and uncertainty heads stay in float32 by default:
+VNNI where the CPU has them). CPUs without VNNI sum pairs of uint8 x int8 products in 16
+bits, which saturates for full-range activations, so there the activations are quantised
+to 7 bits (``reduce_range``, :func:`cpu_has_vnni`). The pose and uncertainty heads stay in float32 by default:
 they are a small share of the multiply-adds, and MANO's chains of rotations need the
 precision.
 
@@ -26,7 +28,7 @@ from torch import nn
 import recurnet
 from recurnet.output import LoopOutput
 
-__all__ = ["quantize_int8", "QuantizedLoop"]
+__all__ = ["quantize_int8", "QuantizedLoop", "cpu_has_vnni"]
 
 
 class QuantizedLoop(nn.Module):
@@ -76,8 +78,19 @@ class _Flat(nn.Module):
         return (*heads, *log_vars)
 
 
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI, the int8 dot-product instructions, as PyTorch reports it.
+
+    Without them, x86 int8 kernels multiply uint8 activations by int8 weights in pairs summed
+    in 16 bits, which saturates for full-range activations.
+    """
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check()) if check is not None else False
+
+
 def quantize_int8(net: recurnet.LoopedNet, calibration: Iterable[torch.Tensor], *, loops: int | None = None,
-                  outputs: tuple[str, ...] = ("joints3d", "joints2d"), quantize_heads: bool = False) -> QuantizedLoop:
+                  outputs: tuple[str, ...] = ("joints3d", "joints2d"), quantize_heads: bool = False,
+                  reduce_range: bool | None = None) -> QuantizedLoop:
     """``net`` with every loop quantised to int8 (see the module docstring); ``net`` is not changed.
 
     Args:
@@ -87,6 +100,10 @@ def quantize_int8(net: recurnet.LoopedNet, calibration: Iterable[torch.Tensor], 
         loops: iterations ``0..loops`` (default ``net.max_loops``).
         outputs: head outputs to return.
         quantize_heads: also quantise the heads and the uncertainty head.
+        reduce_range: quantise activations to 7 bits (0..127) instead of 8. CPUs without VNNI
+            multiply uint8 by int8 through 16-bit sums that saturate at full range, which costs
+            accuracy (``benchmarks/results/quant.md``); None (the default): on exactly those
+            CPUs (:func:`cpu_has_vnni`).
 
     Returns:
         A :class:`QuantizedLoop`.
@@ -110,6 +127,10 @@ def quantize_int8(net: recurnet.LoopedNet, calibration: Iterable[torch.Tensor], 
         raise ImportError(
             f"quantize_int8 needs torchao ({err}); install it with: pip install 'recurnet[quant]'") from err
 
+    if reduce_range is None:
+        reduce_range = not cpu_has_vnni()
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+    quantizer = xiq.X86InductorQuantizer().set_global(config)
     was_training = net.training
     net.eval()
     try:
@@ -123,7 +144,6 @@ def quantize_int8(net: recurnet.LoopedNet, calibration: Iterable[torch.Tensor], 
     example = batches[0][:2] if batches[0].shape[0] >= 2 else torch.cat([batches[0], batches[0]])
     batch = torch.export.Dim("batch", min=1, max=1 << 16)  # traced at 2: export fixes a batch of 1
     program = torch.export.export(flat, (example,), dynamic_shapes=({0: batch},))
-    quantizer = xiq.X86InductorQuantizer().set_global(xiq.get_default_x86_inductor_quantization_config())
     if not quantize_heads:
         for l in range(len(unrolled.steps)):
             for part in ("heads", "uncertainty"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import importlib.util
 import math
 import re
 from pathlib import Path
@@ -190,6 +191,10 @@ def test_quant_quick(bench, tmp_path):
         torch._dynamo.reset()
     text = _read(tmp_path, "quant")
     assert "int8 compiled" in text and "float32 compiled" in text and "change, last loop" in text
+    if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
+        assert "| int8 ONNX Runtime |" in text and "/ float32 ONNX Runtime" in text
+    else:
+        assert "ONNX Runtime rows are missing" in text
 
 
 def test_freihand_models_lists_sources(bench, tmp_path):

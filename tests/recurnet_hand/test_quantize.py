@@ -48,3 +48,34 @@ def test_int8_network_follows_the_float_one_at_any_batch_size():
             q(torch.rand(3, 96, 96))
     finally:
         torch._dynamo.reset()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("vnni, asked, want", [(True, None, False), (False, None, True), (False, False, False),
+                                               (True, True, True)])
+def test_activations_lose_a_bit_exactly_where_the_cpu_lacks_vnni(monkeypatch, vnni, asked, want):
+    pytest.importorskip("torchao")
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    import recurnet_hand.quantize as quantize
+
+    seen = []
+
+    def config(**kwargs):
+        seen.append(kwargs.get("reduce_range"))
+        raise _Stop
+
+    monkeypatch.setattr(quantize, "cpu_has_vnni", lambda: vnni)
+    monkeypatch.setattr(xiq, "get_default_x86_inductor_quantization_config", config)
+    with pytest.raises(_Stop):
+        quantize.quantize_int8(_net(), [torch.rand(2, 3, 96, 96)], reduce_range=asked)
+    assert seen == [want]
+
+
+def test_cpu_has_vnni_answers_a_bool():
+    from recurnet_hand.quantize import cpu_has_vnni
+
+    assert isinstance(cpu_has_vnni(), bool)
