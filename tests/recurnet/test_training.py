@@ -460,6 +460,7 @@ def test_channels_last_training_matches_the_default_format_to_rounding():
     assert not conv.weight.is_contiguous()
 
 
+@pytest.mark.filterwarnings("ignore:precision .bfloat16. on:RuntimeWarning")  # emulated where not native
 def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(monkeypatch):
     seen = []
     original = recurnet.LoopedNet.forward
@@ -480,6 +481,7 @@ def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weight
     assert losses != reference
 
 
+@pytest.mark.filterwarnings("ignore:precision .bfloat16. on:RuntimeWarning")  # emulated where not native
 def test_precision_is_validated_and_must_match_on_resume(tmp_path):
     with pytest.raises(ValueError, match="precision must be one of"):
         TrainConfig(EndToEnd(1), precision="float16")
