@@ -209,9 +209,11 @@ def main(argv=None) -> int:
     net, run = load_model(SHIPPED_MODEL)
     crop = run.model.crop_size
     root = Path(default_cache_dir())
-    train_samples, test_total = run.data.train_samples, run.data.test_samples
+    # Only the calibration images: a cache serves its first n samples, so a missing one is not
+    # rendered whole (and a later request for more renders only the rest).
+    train_samples, test_total = 32 * calib, run.data.test_samples
     if args.quick:  # a small cache of its own, rendered in seconds
-        root, train_samples, test_total = Path(tempfile.mkdtemp(prefix="bench-quant-")), 32, test_samples
+        root, test_total = Path(tempfile.mkdtemp(prefix="bench-quant-")), test_samples
     train_set = _synthetic("train", train_samples, crop, root)
     test_set = _synthetic("test", test_total, crop, root)
     n = min(test_samples, len(test_set))
