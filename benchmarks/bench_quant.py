@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,6 +43,8 @@ import torch  # noqa: E402
 
 from _common import add_common_args, markdown_table, setup, time_interleaved, write_results  # noqa: E402
 from bench_export import FixedLoopGraph, _onnx, _session, exportable_copy  # noqa: E402
+
+from recurnet_hand.quantize import cpu_has_vnni  # noqa: E402  (torchao is imported only when quantising)
 
 __all__ = ["main"]
 
@@ -75,10 +77,6 @@ def _onnx_variants(net, example: torch.Tensor, calibration, threads: int, folder
     a CPU without VNNI the weights are quantised to 7 bits (ONNX Runtime's ``reduce_range``),
     its remedy for the 16-bit saturation of those CPUs' int8 products.
     """
-    from recurnet_hand.quantize import cpu_has_vnni
-
-    import warnings
-
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -184,13 +182,15 @@ def main(argv=None) -> int:
 
     int8 = importlib.util.find_spec("torchao") is not None
     ort = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
-    scratch = Path(tempfile.mkdtemp(prefix="bench-quant-onnx-"))
+    # The ONNX files; TemporaryDirectory also removes them if the run fails or is interrupted.
+    scratch = tempfile.TemporaryDirectory(prefix="bench-quant-onnx-")
 
     def onnx_dir(label: str) -> Path | None:
         if not ort:
             return None
-        (scratch / label).mkdir()
-        return scratch / label
+        folder = Path(scratch.name) / label
+        folder.mkdir()
+        return folder
 
     bf16 = native_bfloat16("cpu")
     presets, size, test_samples, calib = args.presets, 224, args.test_samples, args.calibration
@@ -230,8 +230,6 @@ def main(argv=None) -> int:
         accuracy.append([name, f"{first:.2f}", f"{last:.2f}", f"{last - reference[1]:+.2f}"])
         print(f"accuracy {name}: loop 0 {first:.2f} mm, last loop {last:.2f} mm", flush=True)
 
-    from recurnet_hand.quantize import cpu_has_vnni
-
     notes = []
     if not cpu_has_vnni():
         notes.append("This CPU has no VNNI, so the int8 paths quantise one side of each product to 7 bits "
@@ -262,7 +260,7 @@ def main(argv=None) -> int:
     path = write_results("quant", "Int8 and bfloat16 inference against float32", body, results_dir=args.results_dir,
                          argv=sys.argv[1:] if argv is None else argv, device=device, script=Path(__file__).name,
                          clock=args.clock)
-    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.cleanup()
     print(f"wrote {path}")
     return 0
 

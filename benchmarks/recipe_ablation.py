@@ -175,6 +175,8 @@ def main(argv=None) -> int:
                         help="synthetic data cache (default: recurnet-hand's cache; a temporary one with --quick)")
     add_runs_args(parser)
     args = parse_runs_args(parser, argv)
+    if args.name != "recipe_ablation_selected" and args.only is None:
+        parser.error("--name names the table of an --only run; the full table is always recipe_ablation.md")
     device = setup(args)
     if args.quick:
         args.epochs, args.train_samples, args.test_samples = 1, 64, 32

@@ -309,6 +309,12 @@ def test_recipe_ablation_quick(bench, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(script, "train", retrain)
     assert script.main(_quick(tmp_path) + runs + ["--reuse"]) == 0
     assert capsys.readouterr().out.count("| old recipe |") == 1
+    # Rows 0 and 6 pin float32 already, so --float32 leaves their runs as they are.
+    assert script.main(_quick(tmp_path) + runs + ["--reuse", "--float32", "--name", "rows_float32"]) == 0
+    named = _read(tmp_path, "rows_float32")
+    assert "| old recipe |" in named and "every row trained in float32 (`--float32`)" in named
+    with pytest.raises(SystemExit):
+        script.main(_quick(tmp_path) + ["--name", "rows_float32"])
 
 
 @pytest.mark.slow

@@ -222,7 +222,7 @@ class Trainer:
         self.device = _resolve_device(config.device, self.context)
         if config.precision == "bfloat16" and not native_bfloat16(self.device):
             warnings.warn(f"precision 'bfloat16' on {self.device}, which does not compute bfloat16 natively: the "
-                          "forward is emulated and runs several times slower than float32; train with "
+                          "forward is emulated and runs many times slower than float32; train with "
                           "precision='float32' here", RuntimeWarning, stacklevel=2)
         self.model = model.to(self.device)
         if config.channels_last:
