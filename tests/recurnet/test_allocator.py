@@ -97,5 +97,6 @@ def test_tuning_removes_most_page_faults_of_a_training_step(tmp_path):
         return int(out.stdout.split()[-1])
 
     plain, tuned = faults("plain"), faults("tuned")
-    # Measured: about 33000 faults without tuning, 1200 with (the freed blocks are reused).
-    assert tuned * 4 < plain, (plain, tuned)
+    # The counts depend on the kernel (transparent huge pages fault 2 MiB at a time): measured 55000-66000
+    # faults without tuning and 1-1200 with on one machine, 8833 and 2304 on another. Half is the claim.
+    assert tuned * 2 < plain, (plain, tuned)
