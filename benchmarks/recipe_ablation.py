@@ -30,12 +30,15 @@ rotation supervision, no augmentation):
    full default run), weight averaging, and the training-only location maps (a dense
    root-relative 3D target around every joint, :class:`recurnet_hand.model.LocationMapHead`),
    and heatmaps on a grid twice as fine as the extractor's (``model.heatmap_upsample``), with
-   targets of half or the same width in pixels.
+   targets of half or the same width in pixels;
+9. batch 16 (at two rates), the 2D loss as L1 (at two weights), and the crop size: 80 and
+   64 px crops at the default's 10 epochs, then with more epochs (16 and 20) against the
+   96 px default with 13: lower resolutions at about the same minutes.
 
 The mean-pose baseline on the same test set is printed beside every row. The
 table goes to ``benchmarks/results/recipe_ablation.md``.
 
-Run (about 30 minutes on 2 cores)::
+Run (one to five minutes a row on 2 cores, about an hour and a half for the whole table)::
 
     python benchmarks/recipe_ablation.py
     python benchmarks/recipe_ablation.py --out runs/ablation --reuse   # keep the runs; rerun only changed rows
@@ -43,6 +46,8 @@ Run (about 30 minutes on 2 cores)::
     python benchmarks/recipe_ablation.py --only 31 37 38 39 40   # some rows, to recipe_ablation_selected.md
     python benchmarks/recipe_ablation.py --float32   # a CPU without native bfloat16 (every row in float32)
     python benchmarks/recipe_ablation.py --only 31 41 42 --float32 --name recipe_ablation_batch16
+    python benchmarks/recipe_ablation.py --only 31 45 46 --float32 --name recipe_ablation_2d
+    python benchmarks/recipe_ablation.py --only 31 43 44 47 48 49 --float32 --name recipe_ablation_crops
 """
 
 from __future__ import annotations
@@ -127,6 +132,14 @@ ROWS = [
                                                               "loss.heatmap_sigma": 2.0}),
     ("  batch 16", {**DEFAULT, "train.batch_size": 16}),
     ("  batch 16, lr 3e-3", {**DEFAULT, "train.batch_size": 16, "train.lr": 3e-3}),
+    ("  80 px crops", {**DEFAULT, "model.crop_size": 80}),
+    ("  64 px crops", {**DEFAULT, "model.crop_size": 64}),
+    ("  2D loss L1 instead of smooth L1", {**DEFAULT, "loss.kind_2d": "l1"}),
+    ("  2D loss L1, 2D weight 1", {**DEFAULT, "loss.kind_2d": "l1", "loss.weight_2d": 1.0}),
+    # Lower resolutions with more epochs, against the default with more epochs: about the same minutes.
+    ("  80 px crops, 16 epochs", {**DEFAULT, "model.crop_size": 80, "train.epochs": 16}),
+    ("  64 px crops, 20 epochs", {**DEFAULT, "model.crop_size": 64, "train.epochs": 20}),
+    ("  13 epochs", {**DEFAULT, "train.epochs": 13}),
 ]
 
 
