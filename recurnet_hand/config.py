@@ -134,6 +134,10 @@ class ScheduleConfig:
             the float32 one (``benchmarks/results/train_step.md``) and scores the same in the
             recipe ablation; the time it saves pays for the preset's width 32. Where it falls
             back to float32, training takes longer.
+        compile: compile the network's training forward with :func:`torch.compile` (see
+            :class:`recurnet.TrainConfig`; ``benchmarks/results/train_step_compiled.md`` times it). Off
+            by default: on a 2-core CPU the compiled step is barely faster than the eager one,
+            and each phase first compiles for over a minute.
     """
 
     protocol: str = "progressive"
@@ -148,6 +152,7 @@ class ScheduleConfig:
     ema: float | None = None
     channels_last: bool = True
     precision: str = "auto"
+    compile: bool = False
 
     def __post_init__(self):
         if self.protocol not in PROTOCOL_NAMES:

@@ -277,6 +277,7 @@ def _train(run, resume, progress, max_epochs):
         grad_clip=run.train.grad_clip,
         ema=run.train.ema,
         channels_last=run.train.channels_last,
+        compile=run.train.compile,
         precision=training_precision(run),
         num_workers=run.data.loader_workers,
         seed=run.seed,

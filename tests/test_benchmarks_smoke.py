@@ -176,6 +176,16 @@ def test_train_step_quick(bench, tmp_path):
     assert "NCHW, float32" in text and "channels-last, float32" in text
 
 
+@pytest.mark.slow
+def test_train_step_quick_compiled(bench, tmp_path):
+    try:
+        assert bench("bench_train_step").main(_quick(tmp_path) + ["--compile"]) == 0
+    finally:
+        torch._dynamo.reset()
+    text = _read(tmp_path, "train_step_compiled")
+    assert "| channels-last, float32, compiled |" in text and "first step" in text
+
+
 def test_allocator_quick(bench, tmp_path):
     assert bench("bench_allocator").main(_quick(tmp_path)) == 0
     text = _read(tmp_path, "allocator")

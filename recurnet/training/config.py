@@ -84,6 +84,10 @@ class TrainConfig:
         tune_allocator: on a CPU device, keep freed host memory in the process heap
             (:func:`~recurnet.training.allocator.tune_allocator`, glibc only): a faster step,
             the same numbers. Process-wide. Runtime.
+        compile: run the network's forward (and so its backward) through :func:`torch.compile`
+            (inductor): the first step of every phase compiles for a minute or more, later
+            steps fuse the norms, activations and the MANO layer. Changes float rounding only.
+            Runtime.
 
     Examples:
         >>> TrainConfig(EndToEnd(epochs=3), lr=1e-3).protocol.total_epochs
@@ -111,6 +115,7 @@ class TrainConfig:
     tensorboard: bool = _runtime(False)
     channels_last: bool = _runtime(False)
     tune_allocator: bool = _runtime(True)
+    compile: bool = _runtime(False)
 
     def __post_init__(self):
         if not hasattr(self.protocol, "phases"):

@@ -440,12 +440,15 @@ class Trainer:
         return out
 
     def _wrap(self) -> nn.Module:
-        if not self.context.enabled:
-            return self.model
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(
-            self.model, device_ids=ids, find_unused_parameters=self.config.find_unused_parameters
-        )
+        module = self.model
+        if self.context.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(
+                module, device_ids=ids, find_unused_parameters=self.config.find_unused_parameters
+            )
+        if self.config.compile:  # compiled around DDP, so its bucketed all-reduce splits the graph
+            module = torch.compile(module)
+        return module
 
     def _weight_average(self, phase: Phase) -> WeightAverage | None:
         """A fresh weight average over what ``phase`` trains (None without ``config.ema``)."""

@@ -460,6 +460,22 @@ def test_channels_last_training_matches_the_default_format_to_rounding():
     assert not conv.weight.is_contiguous()
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager_to_rounding_and_keeps_the_model_plain(monkeypatch):
+    calls = []
+    original = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: calls.append(module) or original(module, **kw))
+    try:
+        _, reference = _fit_losses()
+        assert not calls
+        net, losses = _fit_losses(compile=True)
+    finally:
+        torch._dynamo.reset()
+    assert calls == [net]  # one phase, compiled once; checkpoints and callbacks keep the plain module
+    assert isinstance(net, recurnet.LoopedNet)
+    assert losses == pytest.approx(reference, rel=5e-3)
+
+
 @pytest.mark.filterwarnings("ignore:precision .bfloat16. on:RuntimeWarning")  # emulated where not native
 def test_bfloat16_training_runs_the_forward_in_bfloat16_and_keeps_float32_weights(monkeypatch):
     seen = []
