@@ -15,8 +15,10 @@ Part 2 (``--retrain``): the loop phase trained again. The model's weights are lo
 network with one loop, the attention decoder starts afresh, and phase 1 of the progressive
 protocol (loops 0 and 1, extractor frozen) trains for ``--epochs`` epochs on the run's
 training images, once per variant: the default settings, the decoder at ten times the
-rate of the rest, more epochs, feature feedback instead of attention, and the loss on loop
-1 weighted ten times that on loop 0. Each row reports loop 0 and loop 1 on the test hands.
+rate of the rest, more epochs, feature feedback instead of attention, no feedback at all,
+the loss on loop 1 weighted ten times that on loop 0, and the attention maps supervised
+towards the labels' joints (``loss.weight_attention``: 21 channels as joint heatmaps, or the channel mean as a
+map of the hand). Each row reports loop 0 and loop 1 on the test hands.
 
 Usage::
 
@@ -82,13 +84,21 @@ class Intervention(recurnet.Feedback):
 
 
 #: Part 2's rows: (label, overrides). ``lr_scale``: the rate of everything but the decoder,
-#: relative to the decoder's; ``epochs``; ``feedback``; ``loop_weights``.
+#: relative to the decoder's; ``epochs``; ``feedback``; ``loop_weights``; ``loss``: overrides of
+#: :class:`recurnet_hand.losses.LossConfig`.
 VARIANTS = [
     ("the default (every part at the base rate, 1 epoch)", {}),
     ("decoder at 10x the rate of the rest", {"lr_scale": 0.1, "decoder_lr_factor": 10.0}),
     ("3 epochs", {"epochs": 3}),
     ("feature feedback instead of attention", {"feedback": "features"}),
+    ("no feedback (loops differ by their norms only)", {"feedback": "none"}),
     ("loss on loop 1 weighted 10x that on loop 0", {"loop_weights": (0.1, 1.0)}),
+    ("attention supervised: 21 channels show the joints", {"loss": {"weight_attention": 1.0}}),
+    ("attention supervised: the channel mean shows the hand",
+     {"loss": {"weight_attention": 1.0, "attention_target": "hand"}}),
+    ("attention supervised: hand, weight 0.1", {"loss": {"weight_attention": 0.1, "attention_target": "hand"}}),
+    ("attention supervised: hand, weight 0.3, sigma 2",
+     {"loss": {"weight_attention": 0.3, "attention_target": "hand", "attention_sigma": 2.0}}),
 ]
 
 
@@ -136,8 +146,8 @@ def retrain(state: dict, run: RunConfig, train_set, test, device, overrides: dic
     net.load_state_dict(keep, strict=False)
     factor = overrides.get("decoder_lr_factor", 1.0)
     protocol = Progressive((0, overrides.get("epochs", epochs)), lr_decay=overrides.get("lr_scale", 1.0))
-    loss = HandLoss(run.loss, mano_regularisers=config.head == "mano", crop_size=config.crop_size,
-                    loop_weights=overrides.get("loop_weights"))
+    loss = HandLoss(replace(run.loss, **overrides.get("loss", {})), mano_regularisers=config.head == "mano",
+                    crop_size=config.crop_size, loop_weights=overrides.get("loop_weights"))
     with tempfile.TemporaryDirectory(prefix="loop-analysis-") as out:
         train_config = TrainConfig(protocol=protocol, batch_size=run.train.batch_size, lr=run.train.lr * factor,
                                    weight_decay=run.train.weight_decay, schedule=run.train.schedule,

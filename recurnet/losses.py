@@ -512,5 +512,12 @@ class LoopLoss(nn.Module):
                 total = total + term.variance_weight * (w * var_mean).sum()
         return LoopLossOutput(total, task_means, var_means, per_sample, valid_samples, gammas, w)
 
+    @property
+    def uses_feedback(self) -> bool:
+        """Whether the loss reads ``output.feedback``; the trainer then runs the network with
+        ``return_feedback=True``. False here: a subclass with a term on the feedback signals
+        (an attention-map target, say) returns True."""
+        return False
+
     def extra_repr(self) -> str:
         return f"terms={[t.label for t in self.terms]}, loop_weights={self.loop_weights}"

@@ -32,6 +32,8 @@ from torch import nn
 from recurnet.losses import LoopLoss, LoopLossOutput, LossTerm
 from recurnet.output import LoopOutput
 
+from .joints import NUM_JOINTS
+
 __all__ = ["LossConfig", "HandLoss", "add_hand_targets", "joint_heatmaps"]
 
 _REGRESSION_KINDS = ("l1", "l2", "smooth_l1")
@@ -66,6 +68,14 @@ class LossConfig:
             that frame by the labelled rotation, where the data know it (synthetic hands). It
             supervises the finger pose apart from the hand's orientation; data without the
             rotation label skip it. 0 disables it.
+        weight_attention: squared error of the attention maps that feed loops 1 and later
+            against the labels' 2D joints (training only; needs attention feedback). 0 (the
+            default) leaves the maps unsupervised, as the paper trains them.
+        attention_target: what the supervised maps should show: ``joints``, the first 21
+            channels each a Gaussian at one joint (the feedback then tells the next loop
+            where the joints are), or ``hand``, the channel mean a map that is 1 at the joints
+            (the feedback then points at the hand).
+        attention_sigma: standard deviation of those Gaussians, in feature-map cells.
         weight_pose: weight of the ``theta`` regulariser.
         weight_shape: weight of the ``beta`` regulariser.
         unit_3d_mm: millimetres per 3D unit.
@@ -90,6 +100,9 @@ class LossConfig:
     heatmap_sigma: float = 1.0
     weight_location: float = 1.0
     weight_articulation: float = 1.0
+    weight_attention: float = 0.0
+    attention_target: str = "joints"
+    attention_sigma: float = 1.0
     weight_pose: float = 0.001
     weight_shape: float = 0.001
     unit_3d_mm: float = 100.0
@@ -102,17 +115,21 @@ class LossConfig:
         for name in ("kind_2d", "kind_3d"):
             if getattr(self, name) not in _REGRESSION_KINDS:
                 raise ValueError(f"loss.{name} must be one of {_REGRESSION_KINDS}, got {getattr(self, name)!r}")
-        for name in ("unit_3d_mm", "unit_2d", "heatmap_sigma"):
+        if self.attention_target not in _ATTENTION_TARGETS:
+            raise ValueError(f"loss.attention_target must be one of {_ATTENTION_TARGETS}, "
+                             f"got {self.attention_target!r}")
+        for name in ("unit_3d_mm", "unit_2d", "heatmap_sigma", "attention_sigma"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"loss.{name} must be a finite number > 0, got {value}")
-        for name in ("weight_heatmap", "weight_location", "weight_articulation"):
+        for name in ("weight_heatmap", "weight_location", "weight_articulation", "weight_attention"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"loss.{name} must be a finite number >= 0, got {value}")
 
 
 _IDENTITY = torch.eye(3)
+_ATTENTION_TARGETS = ("joints", "hand")
 
 
 def joint_heatmaps(joints2d: torch.Tensor, crop_size: int, shape: tuple[int, int], sigma: float = 1.0) -> torch.Tensor:
@@ -206,10 +223,24 @@ class HandLoss(nn.Module):
         maps = output.auxiliary.get("heatmaps")
         if maps is not None and c.weight_heatmap > 0:
             result = self._add(result, "heatmap", c.weight_heatmap, self._heatmap_error(maps, batch))
+        if self.uses_feedback:
+            maps = [signal for signal in output.feedback[1:] if signal is not None]
+            if output.num_iterations > 1 and not maps:
+                raise ValueError("loss.weight_attention > 0 needs feedback maps from loops 1 and later, but the "
+                                 "network returned none (build it with feedback='attention', and run it with "
+                                 "return_feedback=True)")
+            if maps:
+                error = sum(self._attention_error(signal, batch) for signal in maps) / len(maps)
+                result = self._add(result, "attention", c.weight_attention, error)
         locations = output.auxiliary.get("location_maps")
         if locations is not None and c.weight_location > 0:
             result = self._add(result, "location", c.weight_location, self._location_error(locations, targets))
         return result
+
+    @property
+    def uses_feedback(self) -> bool:
+        """Whether the loss reads the feedback signals (the trainer then asks the network for them)."""
+        return self.config.weight_attention > 0
 
     @staticmethod
     def _add(result: LoopLossOutput, name: str, weight: float, value: torch.Tensor) -> LoopLossOutput:
@@ -225,6 +256,22 @@ class HandLoss(nn.Module):
         target, valid = self._targets(batch, tuple(maps.shape[-2:]), maps.dtype)
         per_joint = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
         return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
+
+    def _attention_error(self, signal: torch.Tensor, batch) -> torch.Tensor:
+        c = self.config
+        if signal.dim() != 4 or (c.attention_target == "joints" and signal.shape[1] < NUM_JOINTS):
+            raise ValueError(f"loss.weight_attention needs attention maps (B, C >= {NUM_JOINTS}, H, W), "
+                             f"got feedback of shape {tuple(signal.shape)}")
+        signal = signal.float()
+        target = joint_heatmaps(batch["joints2d"].to(signal), self.crop_size, tuple(signal.shape[-2:]),
+                                c.attention_sigma)
+        valid = batch["has_2d"].to(signal.device).bool()
+        if c.attention_target == "joints":
+            maps = signal[:, :NUM_JOINTS]
+        else:
+            maps, target = signal.mean(1, keepdim=True), target.amax(1, keepdim=True)
+        per_map = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
+        return per_map.sum() / (valid.sum() * per_map.shape[1]).clamp_min(1)
 
     def _location_error(self, locations: torch.Tensor, targets) -> torch.Tensor:
         locations = locations.float()

@@ -405,15 +405,18 @@ def test_loop_analysis_interventions_and_a_retrained_loop_phase(bench, tmp_path)
         assert check(out.feedback[1]), mode
     with pytest.raises(ValueError, match="'mean' or 'constant'"):
         module.Intervention(net.feedback, "zeros")
-    assert module.main(_quick(tmp_path) + ["--retrain", "--only", "1", "4"]) == 0
+    hand = next(i for i, (label, _) in enumerate(module.VARIANTS, 1) if "channel mean shows the hand" in label)
+    assert module.main(_quick(tmp_path) + ["--retrain", "--only", "1", "4", str(hand)]) == 0
     text = _read(tmp_path, "loop_analysis")
     assert "| 1 |" in text and "maps flattened" in text and "feature feedback instead of attention" in text
     assert "| the default (every part at the base rate, 1 epoch) |" in text
+    assert "| attention supervised: the channel mean shows the hand |" in text
 
 
 def test_loop_analysis_refuses_bad_arguments(bench, tmp_path, capsys):
     module = bench("loop_analysis")
-    for argv, message in ((["--epochs", "0"], "--epochs must be >= 1"), (["--only", "9"], "--only takes rows")):
+    past_last = str(len(module.VARIANTS) + 1)
+    for argv, message in ((["--epochs", "0"], "--epochs must be >= 1"), (["--only", past_last], "--only takes rows")):
         with pytest.raises(SystemExit):
             module.main(argv + ["--results-dir", str(tmp_path)])
         assert message in capsys.readouterr().err

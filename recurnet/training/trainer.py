@@ -178,6 +178,8 @@ class Trainer:
     Args:
         model: the network; moved to the configured device.
         loss: ``loss(output: LoopOutput, batch: dict) -> LossResult`` (e.g. :class:`recurnet.losses.LoopLoss`).
+            A loss with a true ``uses_feedback`` attribute gets the feedback signals too
+            (``output.feedback``, see :attr:`recurnet.losses.LoopLoss.uses_feedback`).
         train_data: a map-style dataset of dicts (see the module docstring).
         config: the :class:`TrainConfig`.
         callbacks: :data:`Callback` functions run at the end of every epoch (evaluation, ...).
@@ -369,11 +371,13 @@ class Trainer:
             rate=0.0,
         )
         total_loss, samples, start = 0.0, 0, time.perf_counter()
+        wants_feedback = bool(getattr(self.loss, "uses_feedback", False))  # a loss on the feedback signals
         for i, batch in enumerate(self.loader):
             batch = self._to_device(batch)
             images = batch[cfg.input_key]
             with self._autocast():
-                output = wrapped(images, exit="all", loops=phase.loops, count_cost=False)
+                output = wrapped(images, exit="all", loops=phase.loops, count_cost=False,
+                                 return_feedback=wants_feedback)
             if cfg.precision != "float32":
                 output = output.float()
             result = self.loss(output, batch)

@@ -441,6 +441,37 @@ def test_progress_bar_runs_and_missing_tensorboard_fails_at_start(tmp_path, caps
         assert any((tmp_path / "tensorboard").iterdir())
 
 
+class _FeedbackLoss(LoopLoss):
+    """LOSS that records the feedback each call received and declares whether it reads it."""
+
+    def __init__(self, reads: bool):
+        super().__init__(LOSS.terms)
+        self.reads, self.seen = reads, []
+
+    @property
+    def uses_feedback(self) -> bool:
+        return self.reads
+
+    def forward(self, output, batch):
+        self.seen.append([None if f is None else tuple(f.shape) for f in output.feedback])
+        return super().forward(output, batch)
+
+
+def test_trainer_hands_the_feedback_only_to_losses_that_read_it():
+    assert LOSS.uses_feedback is False  # the base loss reads predictions only
+    for reads in (False, True):
+        loss = _FeedbackLoss(reads)
+        cfg = TrainConfig(EndToEnd(1), batch_size=8, progress=False, seed=0)
+        Trainer(tiny_net(max_loops=2), loss, MeanTask(16), cfg).fit()
+        assert len(loss.seen) == 2  # two steps
+        for shapes in loss.seen:
+            if reads:  # loop 0 has no feedback; loops 1 and 2 get attention maps (B, C, H, W)
+                assert shapes[0] is None and len(shapes) == 3
+                assert all(s is not None and s[0] == 8 and len(s) == 4 for s in shapes[1:])
+            else:
+                assert shapes == []
+
+
 # ---------------------------------------------------------------------- memory format and precision
 
 

@@ -9,7 +9,7 @@ import torch
 import recurnet
 from recurnet_hand import build_dirnet, preset
 from recurnet_hand.backbones import LOOP_POINTS, loop_point_stage
-from recurnet_hand.losses import HandLoss, joint_heatmaps
+from recurnet_hand.losses import HandLoss, LossConfig, joint_heatmaps
 from recurnet_hand.model import DirectPoseHead, LocationMapHead, ManoPoseHead
 
 
@@ -199,3 +199,44 @@ def test_location_loss_reads_each_joint_around_its_heatmap():
     # Weight 0 drops the term.
     off = HandLoss(replace(loss.config, weight_location=0.0), crop_size=96)(out, batch)
     assert "location" not in off.task
+
+
+def test_attention_loss_supervises_the_maps_that_feed_later_loops():
+    net = build_dirnet(preset("cpu", max_loops=2)).train()  # 64 feature channels (tiny has 16)
+    batch = _location_batch(2)
+    assert not HandLoss(crop_size=96).uses_feedback  # off by default: the trainer does not ask for the maps
+    out = net(torch.rand(2, 3, 96, 96), exit="all", return_feedback=True)
+    channels, size = out.feedback[1].shape[1], out.feedback[1].shape[-2:]
+    joints = HandLoss(LossConfig(weight_attention=1.0), crop_size=96)
+    hand = HandLoss(LossConfig(weight_attention=1.0, attention_target="hand"), crop_size=96)
+    assert joints.uses_feedback
+    assert joints(out, batch).task["attention"].item() > 0
+    net.zero_grad()
+    joints(out, batch).total.backward()
+    grads = [p.grad for p in net.feedback.parameters()]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0  # the decoder learns
+    target = joint_heatmaps(batch["joints2d"], 96, tuple(size))
+    # Maps whose first 21 channels are the joints' heatmaps cost nothing, whatever the other channels hold.
+    exact = torch.cat([target, torch.rand(2, channels - 21, *size)], 1)
+    out.feedback = [None, exact, exact]
+    assert joints(out, batch).task["attention"].item() == pytest.approx(0.0, abs=1e-10)
+    assert hand(out, batch).task["attention"].item() > 0
+    # The hand target is the joints' maximum, matched by the channel mean.
+    out.feedback = [None] + [target.amax(1, keepdim=True).expand(2, channels, *size)] * 2
+    assert hand(out, batch).task["attention"].item() == pytest.approx(0.0, abs=1e-10)
+    # Samples without 2D labels do not count; loop 2's error counts half.
+    batch["has_2d"][0] = False
+    off = exact.clone()
+    off[0] += 5.0
+    off2 = exact.clone()
+    off2[1, 0] += 1.0
+    out.feedback = [None, off, off2]
+    assert joints(out, batch).task["attention"].item() == pytest.approx(size.numel() / 21 / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="attention maps"):
+        out.feedback = [None, torch.rand(2, 4, *size)]
+        joints(out, batch)
+    with pytest.raises(ValueError, match="needs feedback maps"):
+        out.feedback = []  # run without return_feedback=True
+        joints(out, batch)
+    with pytest.raises(ValueError, match="attention_target"):
+        LossConfig(attention_target="palm")
