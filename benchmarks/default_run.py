@@ -194,6 +194,8 @@ def main(argv=None) -> int:
         "",
         rows_to_markdown(summary.rows),
     ]
+    if not args.quick:
+        Path(args.results_dir).mkdir(parents=True, exist_ok=True)
     for name in FIGURES:
         source = summary.figures.get(name)
         if source is not None and not args.quick:

@@ -132,6 +132,13 @@ _IDENTITY = torch.eye(3)
 _ATTENTION_TARGETS = ("joints", "hand")
 
 
+def _map_error(maps: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Squared error of maps ``(B, J, h, w)`` summed over each map, averaged over the maps of
+    the ``valid`` samples ``(B,)`` (bool); rows of the others count nothing, NaN included."""
+    per_map = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
+    return per_map.sum() / (valid.sum() * per_map.shape[1]).clamp_min(1)
+
+
 def joint_heatmaps(joints2d: torch.Tensor, crop_size: int, shape: tuple[int, int], sigma: float = 1.0) -> torch.Tensor:
     """Gaussian target heatmaps ``(B, J, h, w)`` for 2D joints ``(B, J, 2)`` in crop pixels.
 
@@ -254,8 +261,7 @@ class HandLoss(nn.Module):
 
     def _heatmap_error(self, maps: torch.Tensor, batch) -> torch.Tensor:
         target, valid = self._targets(batch, tuple(maps.shape[-2:]), maps.dtype)
-        per_joint = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
-        return per_joint.sum() / (valid.sum() * per_joint.shape[1]).clamp_min(1)
+        return _map_error(maps, target, valid)
 
     def _attention_error(self, signal: torch.Tensor, batch) -> torch.Tensor:
         c = self.config
@@ -270,8 +276,7 @@ class HandLoss(nn.Module):
             maps = signal[:, :NUM_JOINTS]
         else:
             maps, target = signal.mean(1, keepdim=True), target.amax(1, keepdim=True)
-        per_map = torch.where(valid.view(-1, 1, 1, 1), maps - target, torch.zeros_like(maps)).square().sum((-1, -2))
-        return per_map.sum() / (valid.sum() * per_map.shape[1]).clamp_min(1)
+        return _map_error(maps, target, valid)
 
     def _location_error(self, locations: torch.Tensor, targets) -> torch.Tensor:
         locations = locations.float()
