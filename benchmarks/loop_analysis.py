@@ -17,8 +17,9 @@ protocol (loops 0 and 1, extractor frozen) trains for ``--epochs`` epochs on the
 training images, once per variant: the default settings, the decoder at ten times the
 rate of the rest, more epochs, feature feedback instead of attention, no feedback at all,
 the loss on loop 1 weighted ten times that on loop 0, and the attention maps supervised
-towards the labels' joints (``loss.weight_attention``: 21 channels as joint heatmaps, or the channel mean as a
-map of the hand). Each row reports loop 0 and loop 1 on the test hands.
+towards the labels' joints (``loss.weight_attention``: 21 channels as joint heatmaps, or
+the channel mean as a map of the hand). Each row reports loop 0 and loop 1 on the test
+hands.
 
 Usage::
 
