@@ -226,6 +226,13 @@ class RunConfig:
     device: str = "auto"
     out_dir: str = "runs/dirnet"
 
+    def __post_init__(self):
+        # Checked here, not at the first loop phase's first step, minutes into a run.
+        if self.loss.weight_attention > 0 and (self.model.feedback != "attention" or self.model.max_loops < 1):
+            raise ConfigError(f"loss.weight_attention supervises attention maps, which need model.feedback: "
+                              f"attention and model.max_loops >= 1; got feedback {self.model.feedback!r} and "
+                              f"max_loops {self.model.max_loops}")
+
 
 def config_to_dict(config: RunConfig) -> dict[str, Any]:
     """Plain nested dict (tuples as lists), as written to YAML and checkpoints."""
@@ -343,7 +350,10 @@ def config_from_dict(data: Any, *, source: str = "config", base: RunConfig | Non
     for key in ("seed", "device", "out_dir"):
         if key in data:
             values[key] = _coerce(data[key], hints[key], f"{source}: {key}")
-    return replace(base, **values)
+    try:
+        return replace(base, **values)
+    except ConfigError as err:  # a rule across sections (RunConfig.__post_init__)
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def load_config(path: str | os.PathLike, *, base: RunConfig | None = None) -> RunConfig:

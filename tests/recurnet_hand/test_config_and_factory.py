@@ -31,6 +31,10 @@ def test_yaml_round_trip_and_overrides(tmp_path):
         ({"train": {"ema": 1.0}}, "train.ema must be a decay in (0, 1)"),
         ({"data": {"loader_workers": -1}}, "data.loader_workers must be an integer >= 0"),
         ({"loss": {"kind_3d": "huber"}}, "loss.kind_3d must be one of"),
+        ({"loss": {"attention_target": "palm"}}, "loss.attention_target must be one of"),
+        ({"loss": {"weight_attention": 1.0}, "model": {"feedback": "none"}},
+         "loss.weight_attention supervises attention maps"),
+        ({"loss": {"weight_attention": 1.0}, "model": {"max_loops": 0}}, "max_loops 0"),
     ],
 )
 def test_bad_config_names_the_key(data, message):
